@@ -1,0 +1,537 @@
+"""Features shared by training and serving.
+
+From `applicants` plus the monthly tables of a contract, `FeatureBuilder` makes:
+
+- `sequence` [N, T, C] float32: the lookback window of every monthly column (scaled), one presence
+  mask per monthly table, and calendar channels. Month T-1 is the month before application.
+- `static` [N, F] float32: static facts, windowed aggregates (means, last values, slopes,
+  volatility, event counts, months since the last event), ratios, and category one-hots; clipped,
+  imputed (with missing indicators) and standardised.
+- `raw` [N, R] float64 DataFrame: the same characteristics before scaling, categories as vocabulary
+  codes; the scorecard bins these, so its bins read in natural units.
+
+`fit` learns the transforms (quantile clips, medians, means, scales, vocabularies) and `schema()`
+writes them to a JSON feature schema that travels with every model. Serving rebuilds the builder from
+that schema and calls the same `transform`, so online and offline features agree bit for bit.
+
+The leakage guard: only records dated strictly before the application month reach any feature.
+Every computation is per applicant (no cross-row statistic at transform time), which is what makes
+one applicant's transform equal the batch transform.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from data.contract import MONTH, ColumnSpec, Contract, load_contract
+from govrisk.paths import config_path
+
+SCHEMA_VERSION = 1
+UNKNOWN = "__unknown__"
+
+
+class RatioConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    numerator: str  # an applicants column, or `table.column` summed over `window` months
+    denominator: str
+    window: int | None = Field(default=None, ge=1)
+    agg: Literal["sum", "mean"] = "sum"
+
+
+class FeatureConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    contract: str
+    lookback_months: int = Field(ge=1, le=36)
+    windows: tuple[int, ...]
+    trend_window: int = Field(ge=3)
+    clip_quantiles: tuple[float, float] = (0.001, 0.999)
+    min_category_count: int = Field(default=20, ge=1)
+    calendar: bool = True
+    ratios: tuple[RatioConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureConfig:
+        for w in (*self.windows, self.trend_window):
+            if not 1 <= w <= self.lookback_months:
+                raise ValueError(f"window {w} must be within 1..lookback_months={self.lookback_months}")
+        lo, hi = self.clip_quantiles
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(f"clip_quantiles must satisfy 0 <= lo < hi <= 1, got {self.clip_quantiles}")
+        return self
+
+
+def load_feature_config(name_or_path: str | Path, **overrides: Any) -> FeatureConfig:
+    """Load `configs/features/<name>.yaml` (or a path) with optional key overrides."""
+    path = config_path("features", name_or_path)
+    raw = yaml.safe_load(path.read_text()) | overrides
+    try:
+        return FeatureConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ValueError(f"invalid feature config {path}:\n{e}") from None
+
+
+@dataclass
+class FeatureSet:
+    applicant_ids: np.ndarray  # [N] str
+    application_month: np.ndarray  # [N] int64, months since 1970-01 (vintage)
+    sequence: np.ndarray  # [N, T, C] float32
+    static: np.ndarray  # [N, F] float32
+    raw: pd.DataFrame  # [N, R] float64
+    labels: np.ndarray | None  # [N] float32 in {0, 1}, None when the label is absent
+
+    def __len__(self) -> int:
+        return len(self.applicant_ids)
+
+    def take(self, idx: np.ndarray) -> FeatureSet:
+        """Rows `idx` (an index or boolean mask) of every array."""
+        return FeatureSet(
+            applicant_ids=self.applicant_ids[idx],
+            application_month=self.application_month[idx],
+            sequence=self.sequence[idx],
+            static=self.static[idx],
+            raw=self.raw.iloc[idx].reset_index(drop=True) if not isinstance(idx, slice) else self.raw.iloc[idx],
+            labels=None if self.labels is None else self.labels[idx],
+        )
+
+
+def month_number(values: pd.Series | np.ndarray) -> np.ndarray:
+    """Dates (datetime64 or ISO strings) -> months since 1970-01 as int64."""
+    arr = np.asarray(values)
+    if not np.issubdtype(arr.dtype, np.datetime64):
+        arr = pd.to_datetime(pd.Series(values), errors="raise").to_numpy()
+    return arr.astype("datetime64[M]").astype(np.int64)
+
+
+def _signed_log(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def _seq_value(spec: ColumnSpec, x: np.ndarray) -> np.ndarray:
+    """The scale a monthly column is modelled on: money and counts on a log scale."""
+    if spec.kind in {"amount", "count"}:
+        return _signed_log(x)
+    return x
+
+
+def _category_codes(values: np.ndarray, vocab: list[str] | tuple[str, ...]) -> np.ndarray:
+    """Strings -> index in `vocab` as float64; unknown and missing -> -1."""
+    return pd.Categorical(np.asarray(values, dtype=object), categories=list(vocab)).codes.astype(np.float64)
+
+
+def _last_index(present: np.ndarray) -> np.ndarray:
+    """Index of the last True along axis 1, -1 where none."""
+    T = present.shape[1]
+    idx = T - 1 - np.argmax(present[:, ::-1], axis=1)
+    return np.where(present.any(axis=1), idx, -1)
+
+
+class FeatureBuilder:
+    """Fits and applies the feature transforms of one contract; see the module docstring."""
+
+    def __init__(self, *, config: FeatureConfig, contract: Contract) -> None:
+        if config.contract != contract.name:
+            raise ValueError(f"feature config is for contract {config.contract!r}, got {contract.name!r}")
+        self.config = config
+        self.contract = contract
+        self.fitted: dict[str, Any] | None = None
+        self._check_ratios()
+
+    # --- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, name_or_path: str | Path, **overrides: Any) -> FeatureBuilder:
+        config = load_feature_config(name_or_path, **overrides)
+        return cls(config=config, contract=load_contract(config.contract))
+
+    @classmethod
+    def from_schema(cls, schema: dict[str, Any] | str | Path) -> FeatureBuilder:
+        """Rebuild a fitted builder from a feature schema (dict or JSON file): what serving does."""
+        if not isinstance(schema, dict):
+            schema = json.loads(Path(schema).read_text())
+        if schema.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"feature schema version {schema.get('schema_version')!r} != {SCHEMA_VERSION}")
+        builder = cls(
+            config=FeatureConfig.model_validate(schema["config"]),
+            contract=Contract.model_validate(schema["contract"]),
+        )
+        builder.fitted = schema["fitted"]
+        return builder
+
+    def schema(self) -> dict[str, Any]:
+        """Everything needed to reproduce `transform`: config, contract and fitted statistics."""
+        fitted = self._require_fitted()
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "config": self.config.model_dump(mode="json"),
+            "contract": self.contract.model_dump(mode="json"),
+            "fitted": fitted,
+            "sequence_channels": fitted["sequence_channels"],
+            "static_features": fitted["static_features"],
+            "raw_features": fitted["raw_features"],
+            "categorical_raw": sorted(fitted["vocab"]),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.schema(), indent=1) + "\n")  # key order is feature order: never sort
+        return path
+
+    def _check_ratios(self) -> None:
+        for r in self.config.ratios:
+            for side in (r.numerator, r.denominator):
+                if "." in side:
+                    table, col = side.split(".", 1)
+                    spec = self.contract.monthly.get(table)
+                    if spec is None or col not in spec.columns or spec.columns[col].type not in {"float", "int"}:
+                        raise ValueError(f"ratio {r.name!r}: {side!r} is not a numeric monthly column")
+                    if r.window is None:
+                        raise ValueError(f"ratio {r.name!r}: a monthly term needs `window`")
+                else:
+                    spec = self.contract.applicants.columns.get(side)
+                    if spec is None or spec.type not in {"float", "int"}:
+                        raise ValueError(f"ratio {r.name!r}: {side!r} is not a numeric applicants column")
+
+    def _require_fitted(self) -> dict[str, Any]:
+        if self.fitted is None:
+            raise RuntimeError("FeatureBuilder is not fitted: call fit() or load a schema")
+        return self.fitted
+
+    # --- stage 1: dense monthly windows -----------------------------------------------------------
+    def _dense(
+        self, applicants: pd.DataFrame, monthly: dict[str, pd.DataFrame]
+    ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]]:
+        """Per monthly table: presence [N, T] and each column [N, T] (NaN where absent).
+
+        Position T-1 is the month before application; a record dated in or after the application
+        month never enters (the leakage guard).
+        """
+        T = self.config.lookback_months
+        key = self.contract.key
+        ids = pd.Index(applicants[key].to_numpy())
+        if not ids.is_unique:
+            dup = ids[ids.duplicated()][0]
+            raise ValueError(f"applicants.{key}: duplicate applicant {dup!r}")
+        app_month = month_number(applicants[self.contract.applicants.application_date])
+        n = len(applicants)
+        out = {}
+        for table, spec in self.contract.monthly.items():
+            df = monthly.get(table)
+            present = np.zeros((n, T), dtype=bool)
+            cols = {c: np.full((n, T), np.nan) for c in spec.columns}
+            if df is not None and len(df):
+                rows = ids.get_indexer(df[key].to_numpy())
+                if (rows < 0).any():
+                    bad = df[key].to_numpy()[rows < 0][0]
+                    raise ValueError(f"{table}.{key}: record for unknown applicant {bad!r}")
+                lag = app_month[rows] - month_number(df[MONTH])
+                keep = (lag >= 1) & (lag <= T)  # strictly before the application month
+                r, p = rows[keep], T - lag[keep]
+                flat = r * T + p
+                if len(np.unique(flat)) != len(flat):
+                    counts = np.bincount(flat, minlength=n * T)
+                    first = int(np.flatnonzero(counts > 1)[0])
+                    raise ValueError(
+                        f"{table}: duplicate month for applicant {ids[first // T]!r} "
+                        f"({first % T - T} months before application)"
+                    )
+                present[r, p] = True
+                for c, cspec in spec.columns.items():
+                    values = df[c].to_numpy()[keep]
+                    if cspec.type == "category":
+                        values = self._codes(f"{table}.{c}", cspec, values)
+                    cols[c][r, p] = values.astype(np.float64)
+            out[table] = (present, cols)
+        return app_month, out
+
+    def _codes(self, name: str, spec: ColumnSpec, values: np.ndarray) -> np.ndarray:
+        """Category strings -> vocabulary index; unknown and missing -> -1."""
+        vocab = spec.categories if not spec.open else self._require_fitted()["vocab"][name]
+        return _category_codes(values, vocab)
+
+    # --- stage 2: raw characteristics ----------------------------------------------------------
+    def _raw(
+        self, applicants: pd.DataFrame, app_month: np.ndarray, dense: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Numeric characteristics (float64, NaN = unknown) and categorical ones (strings)."""
+        cfg, a = self.config, self.contract.applicants
+        T = cfg.lookback_months
+        numeric: dict[str, np.ndarray] = {}
+        categorical: dict[str, np.ndarray] = {}
+        skip = {a.key, a.label, a.application_date}
+        for col, spec in a.columns.items():
+            if col in skip:
+                continue
+            values = applicants[col]
+            if spec.type == "date":
+                numeric[f"{col}__months_before_application"] = (app_month - month_number(values)).astype(np.float64)
+            elif spec.type == "category":
+                categorical[col] = values.astype(object).to_numpy()
+            elif spec.type == "string":
+                continue  # free text and identifiers are not characteristics
+            else:
+                numeric[col] = values.to_numpy(dtype=np.float64)
+        if cfg.calendar:
+            numeric["application_month_sin"] = np.sin(2 * np.pi * (app_month % 12) / 12)
+            numeric["application_month_cos"] = np.cos(2 * np.pi * (app_month % 12) / 12)
+
+        for table, (present, cols) in dense.items():
+            spec = self.contract.monthly[table]
+            for w in cfg.windows:
+                numeric[f"{table}__present_{w}m"] = present[:, T - w :].sum(1).astype(np.float64)
+            last_rec = _last_index(present)
+            numeric[f"{table}__months_since_record"] = np.where(last_rec >= 0, T - last_rec, T + 1).astype(np.float64)
+            for col, cspec in spec.columns.items():
+                v, name = cols[col], f"{table}.{col}"
+                if cspec.type == "category":
+                    idx = _last_index(present)
+                    codes = np.where(idx >= 0, v[np.arange(len(v)), idx], -1).astype(np.int64)
+                    vocab = np.array([*(cspec.categories or self._require_fitted()["vocab"][name]), UNKNOWN], dtype=object)
+                    categorical[f"{name}__last"] = vocab[codes]
+                elif cspec.kind in {"good_event", "bad_event"}:
+                    hit = present & ((v == 0) if cspec.kind == "good_event" else (v == 1))
+                    label = "misses" if cspec.kind == "good_event" else "count"
+                    for w in cfg.windows:
+                        numeric[f"{name}__{label}_{w}m"] = hit[:, T - w :].sum(1).astype(np.float64)
+                    li = _last_index(hit)
+                    numeric[f"{name}__months_since"] = np.where(li >= 0, T - li, T + 1).astype(np.float64)
+                else:
+                    self._numeric_aggregates(numeric, name, cspec, present, v)
+
+        for r in cfg.ratios:
+            num = self._ratio_term(r.numerator, r, applicants, dense)
+            den = self._ratio_term(r.denominator, r, applicants, dense)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                numeric[r.name] = np.where(den > 0, num / den, np.nan)
+        return numeric, categorical
+
+    def _numeric_aggregates(
+        self, out: dict[str, np.ndarray], name: str, spec: ColumnSpec, present: np.ndarray, v: np.ndarray
+    ) -> None:
+        T, W = self.config.lookback_months, self.config.trend_window
+        filled = np.where(present, v, 0.0)
+        for w in self.config.windows:
+            cnt = present[:, T - w :].sum(1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[f"{name}__mean_{w}m"] = np.where(cnt > 0, filled[:, T - w :].sum(1) / cnt, np.nan)
+            if spec.kind == "delinquency":
+                out[f"{name}__max_{w}m"] = np.where(cnt > 0, np.where(present, v, -np.inf)[:, T - w :].max(1), np.nan)
+        idx = _last_index(present)
+        out[f"{name}__last"] = np.where(idx >= 0, v[np.arange(len(v)), np.maximum(idx, 0)], np.nan)
+        if spec.kind == "delinquency":
+            late = present & (v > 0)
+            li = _last_index(late)
+            out[f"{name}__months_since_late"] = np.where(li >= 0, T - li, T + 1).astype(np.float64)
+            return
+        # Slope and volatility on the modelling (log) scale over the trend window, present months only.
+        p = present[:, T - W :]
+        y = np.where(p, _seq_value(spec, filled[:, T - W :]), 0.0)
+        x = np.broadcast_to(np.arange(W, dtype=np.float64), p.shape)
+        n = p.sum(1).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            xm = (x * p).sum(1) / n
+            ym = y.sum(1) / n
+            dx = np.where(p, x - xm[:, None], 0.0)
+            dy = np.where(p, y - ym[:, None], 0.0)
+            sxx = (dx * dx).sum(1)
+            out[f"{name}__slope_{W}m"] = np.where((n >= 3) & (sxx > 0), (dx * dy).sum(1) / sxx, np.nan)
+            out[f"{name}__volatility_{W}m"] = np.where(n >= 2, np.sqrt((dy * dy).sum(1) / n), np.nan)
+
+    def _ratio_term(
+        self, term: str, r: RatioConfig, applicants: pd.DataFrame, dense: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]
+    ) -> np.ndarray:
+        if "." not in term:
+            return applicants[term].to_numpy(dtype=np.float64)
+        table, col = term.split(".", 1)
+        present, cols = dense[table]
+        T, w = self.config.lookback_months, r.window or 1
+        total = np.where(present, cols[col], 0.0)[:, T - w :].sum(1)
+        if r.agg == "mean":
+            cnt = present[:, T - w :].sum(1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(cnt > 0, total / cnt, np.nan)
+        return np.where(present[:, T - w :].any(1), total, np.nan)
+
+    # --- stage 3: model matrices ---------------------------------------------------------------
+    def _raw_transform(self, name: str) -> str:
+        """How a raw numeric characteristic is put on a model scale before clipping and scaling."""
+        if "__months" in name or "__present_" in name or "__misses_" in name or "__count_" in name:
+            return "identity"
+        if name.endswith(("_sin", "_cos")) or "__slope_" in name or "__volatility_" in name:
+            return "identity"
+        spec = self._monthly_spec(name)
+        if spec is not None:
+            return "signed_log" if spec.kind in {"amount", "count"} else "identity"
+        aspec = self.contract.applicants.columns.get(name)
+        if aspec is not None and aspec.type == "float":
+            return "signed_log"
+        if name in {r.name for r in self.config.ratios}:
+            return "signed_log"
+        return "identity"
+
+    def _monthly_spec(self, name: str) -> ColumnSpec | None:
+        if "." not in name:
+            return None
+        table, rest = name.split(".", 1)
+        col = rest.split("__", 1)[0]
+        spec = self.contract.monthly.get(table)
+        return None if spec is None else spec.columns.get(col)
+
+    def fit(self, applicants: pd.DataFrame, monthly: dict[str, pd.DataFrame]) -> FeatureBuilder:
+        """Learn vocabularies, clips, medians and scales from training applicants only."""
+        cfg = self.config
+        vocab: dict[str, list[str]] = {}
+        for col, spec in self.contract.applicants.columns.items():
+            if spec.type == "category":
+                vocab[col] = self._fit_vocab(applicants[col], spec)
+        for table, spec in self.contract.monthly.items():
+            for col, cspec in spec.columns.items():
+                if cspec.type == "category" and cspec.open:
+                    df = monthly.get(table)
+                    vocab[f"{table}.{col}"] = self._fit_vocab(df[col] if df is not None else pd.Series([], dtype=object), cspec)
+        self.fitted = {"vocab": vocab}
+        app_month, dense = self._dense(applicants, monthly)
+        numeric, categorical = self._raw(applicants, app_month, dense)
+        for name, values in categorical.items():
+            if name not in vocab:
+                vocab[name] = [v for v in dict.fromkeys(values.tolist()) if v != UNKNOWN]
+                vocab[name].sort()
+
+        lo_q, hi_q = cfg.clip_quantiles
+        stats = {}
+        for name, x in numeric.items():
+            kind = self._raw_transform(name)
+            z = _signed_log(x) if kind == "signed_log" else x
+            finite = z[np.isfinite(z)]
+            if len(finite) == 0:
+                finite = np.zeros(1)
+            lo, hi = np.quantile(finite, [lo_q, hi_q])
+            clipped = np.clip(finite, lo, hi)
+            std = float(clipped.std())
+            stats[name] = {
+                "transform": kind,
+                "clip": [float(lo), float(hi)],
+                "median": float(np.median(clipped)),
+                "mean": float(clipped.mean()),
+                "std": std if std > 1e-9 else 1.0,
+                "indicator": bool((~np.isfinite(z)).any()),
+            }
+        seq_stats = {}
+        for table, (present, cols) in dense.items():
+            for col, cspec in self.contract.monthly[table].columns.items():
+                if cspec.type in {"float", "int"}:
+                    z = _seq_value(cspec, cols[col][present])
+                    mean = float(z.mean()) if len(z) else 0.0
+                    std = float(z.std()) if len(z) else 1.0
+                    seq_stats[f"{table}.{col}"] = {"mean": mean, "std": std if std > 1e-9 else 1.0}
+        self.fitted.update(
+            numeric=stats,
+            sequence=seq_stats,
+            raw_features=[*numeric, *categorical],
+            categorical=list(categorical),
+        )
+        self.fitted["static_features"] = self._static_names()
+        self.fitted["sequence_channels"] = self._channel_names()
+        return self
+
+    def _fit_vocab(self, values: pd.Series, spec: ColumnSpec) -> list[str]:
+        if not spec.open:
+            return list(spec.categories or ())
+        counts = values.astype(object).value_counts()
+        return sorted(str(v) for v, c in counts.items() if c >= self.config.min_category_count)
+
+    def _static_names(self) -> list[str]:
+        f = self._require_fitted()
+        names = []
+        for name, s in f["numeric"].items():
+            names.append(name)
+            if s["indicator"]:
+                names.append(f"{name}__missing")
+        for name in f["categorical"]:
+            names += [f"{name}={v}" for v in [*f["vocab"][name], UNKNOWN]]
+        return names
+
+    def _channel_names(self) -> list[str]:
+        names = []
+        for table, spec in self.contract.monthly.items():
+            names.append(f"{table}__present")
+            for col, cspec in spec.columns.items():
+                if cspec.type == "category":
+                    vocab = cspec.categories or self._require_fitted()["vocab"][f"{table}.{col}"]
+                    names += [f"{table}.{col}={v}" for v in vocab]
+                else:
+                    names.append(f"{table}.{col}")
+        if self.config.calendar:
+            names += ["calendar_sin", "calendar_cos"]
+        return names
+
+    def transform(self, applicants: pd.DataFrame, monthly: dict[str, pd.DataFrame]) -> FeatureSet:
+        """Features for `applicants` from their monthly records (records of others are not allowed)."""
+        f = self._require_fitted()
+        T = self.config.lookback_months
+        app_month, dense = self._dense(applicants, monthly)
+        numeric, categorical = self._raw(applicants, app_month, dense)
+        n = len(applicants)
+
+        # Raw frame: numeric characteristics, then categories as vocabulary codes (-1 unknown).
+        raw = dict(numeric)
+        for name in f["categorical"]:
+            raw[name] = _category_codes(categorical[name], f["vocab"][name])
+        raw_df = pd.DataFrame({name: raw[name] for name in f["raw_features"]})
+
+        blocks = []
+        for name, s in f["numeric"].items():
+            x = numeric[name]
+            z = _signed_log(x) if s["transform"] == "signed_log" else x
+            missing = ~np.isfinite(z)
+            z = np.clip(np.where(missing, s["median"], z), *s["clip"])
+            blocks.append((z - s["mean"]) / s["std"])
+            if s["indicator"]:
+                blocks.append(missing.astype(np.float64))
+        for name in f["categorical"]:
+            codes = raw[name].astype(np.int64)
+            k = len(f["vocab"][name])
+            onehot = np.zeros((n, k + 1))
+            onehot[np.arange(n), np.where(codes < 0, k, codes)] = 1.0
+            blocks.extend(onehot.T)
+        static = np.stack(blocks, axis=1).astype(np.float32) if blocks else np.zeros((n, 0), np.float32)
+
+        channels = []
+        for table, (present, cols) in dense.items():
+            channels.append(present.astype(np.float64))
+            for col, cspec in self.contract.monthly[table].columns.items():
+                v = cols[col]
+                if cspec.type == "category":
+                    vocab = cspec.categories or f["vocab"][f"{table}.{col}"]
+                    channels += [(present & (v == i)).astype(np.float64) for i in range(len(vocab))]
+                elif cspec.type == "bool":
+                    channels.append(np.where(present, v, 0.0))
+                else:
+                    s = f["sequence"][f"{table}.{col}"]
+                    channels.append(np.where(present, (_seq_value(cspec, np.where(present, v, 0.0)) - s["mean"]) / s["std"], 0.0))
+        if self.config.calendar:
+            cal = (app_month[:, None] - T + np.arange(T)[None, :]) % 12
+            channels += [np.sin(2 * np.pi * cal / 12), np.cos(2 * np.pi * cal / 12)]
+        sequence = np.stack(channels, axis=2).astype(np.float32)
+
+        label_col = self.contract.applicants.label
+        labels = None
+        if label_col in applicants.columns and applicants[label_col].notna().all():
+            labels = applicants[label_col].to_numpy().astype(np.float32)
+        return FeatureSet(
+            applicant_ids=applicants[self.contract.key].astype(str).to_numpy(),
+            application_month=app_month,
+            sequence=sequence,
+            static=static,
+            raw=raw_df,
+            labels=labels,
+        )

@@ -1,0 +1,28 @@
+"""Where generated data, runs and models live: one git-ignored work folder, never beside code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = REPO_ROOT / "configs"
+
+
+def work_dir() -> Path:
+    """The work folder: `$GOVRISK_WORK` if set, else `./runs` under the current directory."""
+    return Path(os.environ.get("GOVRISK_WORK", "runs")).resolve()
+
+
+def config_path(kind: str, name_or_path: str | Path) -> Path:
+    """Resolve `name_or_path` to a YAML file: a path that exists, or `configs/<kind>/<name>.yaml`."""
+    p = Path(name_or_path)
+    if p.suffix in {".yaml", ".yml"} or p.exists():
+        if not p.exists():
+            raise FileNotFoundError(f"config file not found: {p}")
+        return p
+    candidate = CONFIGS / kind / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        known = sorted(x.stem for x in (CONFIGS / kind).glob("*.yaml"))
+        raise FileNotFoundError(f"no {kind} config named {name_or_path!r}; known: {known}")
+    return candidate
