@@ -89,7 +89,9 @@ class Contract(BaseModel):
                     raise ValueError(f"monthly.{table} declares {reserved!r}; the key and month are implicit")
             for col, c in spec.columns.items():
                 if c.type in {"string", "date"}:
-                    raise ValueError(f"monthly.{table}.{col}: type {c.type!r} is not allowed in a monthly table")
+                    raise ValueError(
+                        f"monthly.{table}.{col}: type {c.type!r} is not allowed in a monthly table"
+                    )
                 if c.type in {"float", "int"} and c.kind is None:
                     raise ValueError(f"monthly.{table}.{col}: numeric monthly columns need a `kind`")
         return self

@@ -82,6 +82,15 @@ def load_feature_config(name_or_path: str | Path, **overrides: Any) -> FeatureCo
 
 
 @dataclass
+class Located:
+    """One monthly table's records inside the lookback windows, sorted by applicant row."""
+
+    rows: np.ndarray  # [M] applicant row
+    pos: np.ndarray  # [M] position in the window, T-1 = the month before application
+    values: dict[str, np.ndarray]  # column -> [M] float64 (categories as vocabulary codes)
+
+
+@dataclass
 class FeatureSet:
     applicant_ids: np.ndarray  # [N] str
     application_month: np.ndarray  # [N] int64, months since 1970-01 (vintage)
@@ -100,7 +109,9 @@ class FeatureSet:
             application_month=self.application_month[idx],
             sequence=self.sequence[idx],
             static=self.static[idx],
-            raw=self.raw.iloc[idx].reset_index(drop=True) if not isinstance(idx, slice) else self.raw.iloc[idx],
+            raw=self.raw.iloc[idx].reset_index(drop=True)
+            if not isinstance(idx, slice)
+            else self.raw.iloc[idx],
             labels=None if self.labels is None else self.labels[idx],
         )
 
@@ -139,11 +150,12 @@ def _last_index(present: np.ndarray) -> np.ndarray:
 class FeatureBuilder:
     """Fits and applies the feature transforms of one contract; see the module docstring."""
 
-    def __init__(self, *, config: FeatureConfig, contract: Contract) -> None:
+    def __init__(self, *, config: FeatureConfig, contract: Contract, batch_size: int = 50_000) -> None:
         if config.contract != contract.name:
             raise ValueError(f"feature config is for contract {config.contract!r}, got {contract.name!r}")
         self.config = config
         self.contract = contract
+        self.batch_size = batch_size  # applicants per batch: bounds memory, never changes a value
         self.fitted: dict[str, Any] | None = None
         self._check_ratios()
 
@@ -192,7 +204,11 @@ class FeatureBuilder:
                 if "." in side:
                     table, col = side.split(".", 1)
                     spec = self.contract.monthly.get(table)
-                    if spec is None or col not in spec.columns or spec.columns[col].type not in {"float", "int"}:
+                    if (
+                        spec is None
+                        or col not in spec.columns
+                        or spec.columns[col].type not in {"float", "int"}
+                    ):
                         raise ValueError(f"ratio {r.name!r}: {side!r} is not a numeric monthly column")
                     if r.window is None:
                         raise ValueError(f"ratio {r.name!r}: a monthly term needs `window`")
@@ -206,14 +222,15 @@ class FeatureBuilder:
             raise RuntimeError("FeatureBuilder is not fitted: call fit() or load a schema")
         return self.fitted
 
-    # --- stage 1: dense monthly windows -----------------------------------------------------------
-    def _dense(
+    # --- stage 1: records located in the lookback window, then dense per batch ------------------
+    def _locate(
         self, applicants: pd.DataFrame, monthly: dict[str, pd.DataFrame]
-    ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]]:
-        """Per monthly table: presence [N, T] and each column [N, T] (NaN where absent).
+    ) -> tuple[np.ndarray, dict[str, Located]]:
+        """Application months, and per monthly table the records inside each lookback window.
 
-        Position T-1 is the month before application; a record dated in or after the application
-        month never enters (the leakage guard).
+        A record enters only if it is dated strictly before the application month and at most
+        `lookback_months` before it (the leakage guard). Records are sorted by applicant row so a
+        batch of applicants is a contiguous slice.
         """
         T = self.config.lookback_months
         key = self.contract.key
@@ -222,45 +239,70 @@ class FeatureBuilder:
             dup = ids[ids.duplicated()][0]
             raise ValueError(f"applicants.{key}: duplicate applicant {dup!r}")
         app_month = month_number(applicants[self.contract.applicants.application_date])
-        n = len(applicants)
-        out = {}
+        located = {}
         for table, spec in self.contract.monthly.items():
             df = monthly.get(table)
-            present = np.zeros((n, T), dtype=bool)
-            cols = {c: np.full((n, T), np.nan) for c in spec.columns}
-            if df is not None and len(df):
-                rows = ids.get_indexer(df[key].to_numpy())
-                if (rows < 0).any():
-                    bad = df[key].to_numpy()[rows < 0][0]
-                    raise ValueError(f"{table}.{key}: record for unknown applicant {bad!r}")
-                lag = app_month[rows] - month_number(df[MONTH])
-                keep = (lag >= 1) & (lag <= T)  # strictly before the application month
-                r, p = rows[keep], T - lag[keep]
-                flat = r * T + p
-                if len(np.unique(flat)) != len(flat):
-                    counts = np.bincount(flat, minlength=n * T)
-                    first = int(np.flatnonzero(counts > 1)[0])
+            if df is None or not len(df):
+                empty = np.zeros(0, dtype=np.int64)
+                located[table] = Located(empty, empty, {c: np.zeros(0) for c in spec.columns})
+                continue
+            # Records of applicants not in this batch are skipped: a split or a single applicant
+            # is scored from the full tables (validation reports true orphans).
+            rows = ids.get_indexer(df[key].to_numpy())
+            lag = app_month[rows] - month_number(df[MONTH])
+            idx = np.flatnonzero((rows >= 0) & (lag >= 1) & (lag <= T))
+            idx = idx[np.argsort(rows[idx], kind="stable")]
+            r, pos = rows[idx], T - lag[idx]
+            flat = r * T + pos
+            if len(flat) > 1:
+                order = np.argsort(flat, kind="stable")
+                same = np.flatnonzero(flat[order][1:] == flat[order][:-1])
+                if len(same):
+                    first = flat[order][same[0]]
                     raise ValueError(
                         f"{table}: duplicate month for applicant {ids[first // T]!r} "
                         f"({first % T - T} months before application)"
                     )
-                present[r, p] = True
-                for c, cspec in spec.columns.items():
-                    values = df[c].to_numpy()[keep]
-                    if cspec.type == "category":
-                        values = self._codes(f"{table}.{c}", cspec, values)
-                    cols[c][r, p] = values.astype(np.float64)
+            values = {}
+            for c, cspec in spec.columns.items():
+                column = df[c].to_numpy()[idx]
+                values[c] = (
+                    self._codes(f"{table}.{c}", cspec, column)
+                    if cspec.type == "category"
+                    else column.astype(np.float64)
+                )
+            located[table] = Located(r, pos, values)
+        return app_month, located
+
+    def _dense(
+        self, located: dict[str, Located], start: int, stop: int
+    ) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Applicants [start, stop): presence [n, T] and each column [n, T] (NaN where absent)."""
+        T, n = self.config.lookback_months, stop - start
+        out = {}
+        for table, loc in located.items():
+            lo, hi = np.searchsorted(loc.rows, [start, stop])
+            r, p = loc.rows[lo:hi] - start, loc.pos[lo:hi]
+            present = np.zeros((n, T), dtype=bool)
+            present[r, p] = True
+            cols = {}
+            for c, v in loc.values.items():
+                dense = np.full((n, T), np.nan)
+                dense[r, p] = v[lo:hi]
+                cols[c] = dense
             out[table] = (present, cols)
-        return app_month, out
+        return out
 
     def _codes(self, name: str, spec: ColumnSpec, values: np.ndarray) -> np.ndarray:
         """Category strings -> vocabulary index; unknown and missing -> -1."""
-        vocab = spec.categories if not spec.open else self._require_fitted()["vocab"][name]
-        return _category_codes(values, vocab)
+        return _category_codes(values, self._require_fitted()["vocab"][name])
 
     # --- stage 2: raw characteristics ----------------------------------------------------------
     def _raw(
-        self, applicants: pd.DataFrame, app_month: np.ndarray, dense: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]
+        self,
+        applicants: pd.DataFrame,
+        app_month: np.ndarray,
+        dense: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]],
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Numeric characteristics (float64, NaN = unknown) and categorical ones (strings)."""
         cfg, a = self.config, self.contract.applicants
@@ -273,7 +315,9 @@ class FeatureBuilder:
                 continue
             values = applicants[col]
             if spec.type == "date":
-                numeric[f"{col}__months_before_application"] = (app_month - month_number(values)).astype(np.float64)
+                numeric[f"{col}__months_before_application"] = (app_month - month_number(values)).astype(
+                    np.float64
+                )
             elif spec.type == "category":
                 categorical[col] = values.astype(object).to_numpy()
             elif spec.type == "string":
@@ -289,13 +333,15 @@ class FeatureBuilder:
             for w in cfg.windows:
                 numeric[f"{table}__present_{w}m"] = present[:, T - w :].sum(1).astype(np.float64)
             last_rec = _last_index(present)
-            numeric[f"{table}__months_since_record"] = np.where(last_rec >= 0, T - last_rec, T + 1).astype(np.float64)
+            numeric[f"{table}__months_since_record"] = np.where(last_rec >= 0, T - last_rec, T + 1).astype(
+                np.float64
+            )
             for col, cspec in spec.columns.items():
                 v, name = cols[col], f"{table}.{col}"
                 if cspec.type == "category":
                     idx = _last_index(present)
                     codes = np.where(idx >= 0, v[np.arange(len(v)), idx], -1).astype(np.int64)
-                    vocab = np.array([*(cspec.categories or self._require_fitted()["vocab"][name]), UNKNOWN], dtype=object)
+                    vocab = np.array([*self._require_fitted()["vocab"][name], UNKNOWN], dtype=object)
                     categorical[f"{name}__last"] = vocab[codes]
                 elif cspec.kind in {"good_event", "bad_event"}:
                     hit = present & ((v == 0) if cspec.kind == "good_event" else (v == 1))
@@ -324,7 +370,9 @@ class FeatureBuilder:
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[f"{name}__mean_{w}m"] = np.where(cnt > 0, filled[:, T - w :].sum(1) / cnt, np.nan)
             if spec.kind == "delinquency":
-                out[f"{name}__max_{w}m"] = np.where(cnt > 0, np.where(present, v, -np.inf)[:, T - w :].max(1), np.nan)
+                out[f"{name}__max_{w}m"] = np.where(
+                    cnt > 0, np.where(present, v, -np.inf)[:, T - w :].max(1), np.nan
+                )
         idx = _last_index(present)
         out[f"{name}__last"] = np.where(idx >= 0, v[np.arange(len(v)), np.maximum(idx, 0)], np.nan)
         if spec.kind == "delinquency":
@@ -347,7 +395,11 @@ class FeatureBuilder:
             out[f"{name}__volatility_{W}m"] = np.where(n >= 2, np.sqrt((dy * dy).sum(1) / n), np.nan)
 
     def _ratio_term(
-        self, term: str, r: RatioConfig, applicants: pd.DataFrame, dense: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]
+        self,
+        term: str,
+        r: RatioConfig,
+        applicants: pd.DataFrame,
+        dense: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]],
     ) -> np.ndarray:
         if "." not in term:
             return applicants[term].to_numpy(dtype=np.float64)
@@ -388,27 +440,42 @@ class FeatureBuilder:
 
     def fit(self, applicants: pd.DataFrame, monthly: dict[str, pd.DataFrame]) -> FeatureBuilder:
         """Learn vocabularies, clips, medians and scales from training applicants only."""
-        cfg = self.config
         vocab: dict[str, list[str]] = {}
         for col, spec in self.contract.applicants.columns.items():
             if spec.type == "category":
                 vocab[col] = self._fit_vocab(applicants[col], spec)
         for table, spec in self.contract.monthly.items():
             for col, cspec in spec.columns.items():
-                if cspec.type == "category" and cspec.open:
+                if cspec.type == "category":
                     df = monthly.get(table)
-                    vocab[f"{table}.{col}"] = self._fit_vocab(df[col] if df is not None else pd.Series([], dtype=object), cspec)
+                    values = df[col] if df is not None else pd.Series([], dtype=object)
+                    vocab[f"{table}.{col}"] = vocab[f"{table}.{col}__last"] = self._fit_vocab(values, cspec)
         self.fitted = {"vocab": vocab}
-        app_month, dense = self._dense(applicants, monthly)
-        numeric, categorical = self._raw(applicants, app_month, dense)
-        for name, values in categorical.items():
-            if name not in vocab:
-                vocab[name] = [v for v in dict.fromkeys(values.tolist()) if v != UNKNOWN]
-                vocab[name].sort()
 
-        lo_q, hi_q = cfg.clip_quantiles
+        # Raw characteristics batch by batch; sequence moments accumulated as sums.
+        app_month, located = self._locate(applicants, monthly)
+        numeric_parts: dict[str, list[np.ndarray]] = {}
+        moments: dict[str, np.ndarray] = {}
+        categorical: list[str] = []
+        for start in range(0, len(applicants), self.batch_size):
+            stop = min(start + self.batch_size, len(applicants))
+            dense = self._dense(located, start, stop)
+            numeric, cats = self._raw(applicants.iloc[start:stop], app_month[start:stop], dense)
+            categorical = list(cats)
+            for name, x in numeric.items():
+                numeric_parts.setdefault(name, []).append(x)
+            for table, (present, cols) in dense.items():
+                for col, cspec in self.contract.monthly[table].columns.items():
+                    if cspec.type in {"float", "int"}:
+                        z = _seq_value(cspec, cols[col][present])
+                        moments[f"{table}.{col}"] = moments.get(f"{table}.{col}", np.zeros(3)) + np.array(
+                            [len(z), z.sum(), (z * z).sum()]
+                        )
+
+        lo_q, hi_q = self.config.clip_quantiles
         stats = {}
-        for name, x in numeric.items():
+        for name, parts in numeric_parts.items():
+            x = np.concatenate(parts)
             kind = self._raw_transform(name)
             z = _signed_log(x) if kind == "signed_log" else x
             finite = z[np.isfinite(z)]
@@ -426,18 +493,15 @@ class FeatureBuilder:
                 "indicator": bool((~np.isfinite(z)).any()),
             }
         seq_stats = {}
-        for table, (present, cols) in dense.items():
-            for col, cspec in self.contract.monthly[table].columns.items():
-                if cspec.type in {"float", "int"}:
-                    z = _seq_value(cspec, cols[col][present])
-                    mean = float(z.mean()) if len(z) else 0.0
-                    std = float(z.std()) if len(z) else 1.0
-                    seq_stats[f"{table}.{col}"] = {"mean": mean, "std": std if std > 1e-9 else 1.0}
+        for name, (count, total, total_sq) in moments.items():
+            mean = total / count if count else 0.0
+            std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0))) if count else 1.0
+            seq_stats[name] = {"mean": float(mean), "std": std if std > 1e-9 else 1.0}
         self.fitted.update(
             numeric=stats,
             sequence=seq_stats,
-            raw_features=[*numeric, *categorical],
-            categorical=list(categorical),
+            raw_features=[*stats, *categorical],
+            categorical=categorical,
         )
         self.fitted["static_features"] = self._static_names()
         self.fitted["sequence_channels"] = self._channel_names()
@@ -466,8 +530,7 @@ class FeatureBuilder:
             names.append(f"{table}__present")
             for col, cspec in spec.columns.items():
                 if cspec.type == "category":
-                    vocab = cspec.categories or self._require_fitted()["vocab"][f"{table}.{col}"]
-                    names += [f"{table}.{col}={v}" for v in vocab]
+                    names += [f"{table}.{col}={v}" for v in self._require_fitted()["vocab"][f"{table}.{col}"]]
                 else:
                     names.append(f"{table}.{col}")
         if self.config.calendar:
@@ -475,53 +538,30 @@ class FeatureBuilder:
         return names
 
     def transform(self, applicants: pd.DataFrame, monthly: dict[str, pd.DataFrame]) -> FeatureSet:
-        """Features for `applicants` from their monthly records (records of others are not allowed)."""
+        """Features for `applicants` from their monthly records (records of others are ignored).
+
+        Works in batches of `batch_size` applicants into preallocated outputs, so memory stays
+        bounded at a million applicants; every value depends on its own applicant only.
+        """
         f = self._require_fitted()
-        T = self.config.lookback_months
-        app_month, dense = self._dense(applicants, monthly)
-        numeric, categorical = self._raw(applicants, app_month, dense)
-        n = len(applicants)
-
-        # Raw frame: numeric characteristics, then categories as vocabulary codes (-1 unknown).
-        raw = dict(numeric)
-        for name in f["categorical"]:
-            raw[name] = _category_codes(categorical[name], f["vocab"][name])
-        raw_df = pd.DataFrame({name: raw[name] for name in f["raw_features"]})
-
-        blocks = []
-        for name, s in f["numeric"].items():
-            x = numeric[name]
-            z = _signed_log(x) if s["transform"] == "signed_log" else x
-            missing = ~np.isfinite(z)
-            z = np.clip(np.where(missing, s["median"], z), *s["clip"])
-            blocks.append((z - s["mean"]) / s["std"])
-            if s["indicator"]:
-                blocks.append(missing.astype(np.float64))
-        for name in f["categorical"]:
-            codes = raw[name].astype(np.int64)
-            k = len(f["vocab"][name])
-            onehot = np.zeros((n, k + 1))
-            onehot[np.arange(n), np.where(codes < 0, k, codes)] = 1.0
-            blocks.extend(onehot.T)
-        static = np.stack(blocks, axis=1).astype(np.float32) if blocks else np.zeros((n, 0), np.float32)
-
-        channels = []
-        for table, (present, cols) in dense.items():
-            channels.append(present.astype(np.float64))
-            for col, cspec in self.contract.monthly[table].columns.items():
-                v = cols[col]
-                if cspec.type == "category":
-                    vocab = cspec.categories or f["vocab"][f"{table}.{col}"]
-                    channels += [(present & (v == i)).astype(np.float64) for i in range(len(vocab))]
-                elif cspec.type == "bool":
-                    channels.append(np.where(present, v, 0.0))
-                else:
-                    s = f["sequence"][f"{table}.{col}"]
-                    channels.append(np.where(present, (_seq_value(cspec, np.where(present, v, 0.0)) - s["mean"]) / s["std"], 0.0))
-        if self.config.calendar:
-            cal = (app_month[:, None] - T + np.arange(T)[None, :]) % 12
-            channels += [np.sin(2 * np.pi * cal / 12), np.cos(2 * np.pi * cal / 12)]
-        sequence = np.stack(channels, axis=2).astype(np.float32)
+        n, T = len(applicants), self.config.lookback_months
+        app_month, located = self._locate(applicants, monthly)
+        sequence = np.empty((n, T, len(f["sequence_channels"])), dtype=np.float32)
+        static = np.empty((n, len(f["static_features"])), dtype=np.float32)
+        raw = np.empty((n, len(f["raw_features"])), dtype=np.float64)
+        for start in range(0, n, self.batch_size):
+            stop = min(start + self.batch_size, n)
+            dense = self._dense(located, start, stop)
+            numeric, categorical = self._raw(applicants.iloc[start:stop], app_month[start:stop], dense)
+            self._fill(
+                numeric,
+                categorical,
+                dense,
+                app_month[start:stop],
+                static[start:stop],
+                raw[start:stop],
+                sequence[start:stop],
+            )
 
         label_col = self.contract.applicants.label
         labels = None
@@ -532,6 +572,66 @@ class FeatureBuilder:
             application_month=app_month,
             sequence=sequence,
             static=static,
-            raw=raw_df,
+            raw=pd.DataFrame(raw, columns=f["raw_features"]),
             labels=labels,
         )
+
+    def _fill(
+        self,
+        numeric: dict[str, np.ndarray],
+        categorical: dict[str, np.ndarray],
+        dense: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]],
+        app_month: np.ndarray,
+        static: np.ndarray,
+        raw: np.ndarray,
+        sequence: np.ndarray,
+    ) -> None:
+        """Write one batch's raw, static and sequence values into the output slices."""
+        f = self._require_fitted()
+        T = self.config.lookback_months
+        codes = {name: _category_codes(categorical[name], f["vocab"][name]) for name in f["categorical"]}
+        for j, name in enumerate(f["raw_features"]):
+            raw[:, j] = numeric[name] if name in numeric else codes[name]
+
+        j = 0
+        for name, s in f["numeric"].items():
+            x = numeric[name]
+            z = _signed_log(x) if s["transform"] == "signed_log" else x
+            missing = ~np.isfinite(z)
+            z = np.clip(np.where(missing, s["median"], z), *s["clip"])
+            static[:, j] = (z - s["mean"]) / s["std"]
+            j += 1
+            if s["indicator"]:
+                static[:, j] = missing
+                j += 1
+        for name in f["categorical"]:
+            k = len(f["vocab"][name])
+            c = codes[name].astype(np.int64)
+            block = static[:, j : j + k + 1]
+            block[:] = 0.0
+            block[np.arange(len(c)), np.where(c < 0, k, c)] = 1.0
+            j += k + 1
+
+        ch = 0
+        for table, (present, cols) in dense.items():
+            sequence[:, :, ch] = present
+            ch += 1
+            for col, cspec in self.contract.monthly[table].columns.items():
+                v = cols[col]
+                if cspec.type == "category":
+                    vocab = f["vocab"][f"{table}.{col}"]
+                    for i in range(len(vocab)):
+                        sequence[:, :, ch] = present & (v == i)
+                        ch += 1
+                elif cspec.type == "bool":
+                    sequence[:, :, ch] = np.where(present, v, 0.0)
+                    ch += 1
+                else:
+                    s = f["sequence"][f"{table}.{col}"]
+                    scaled = (_seq_value(cspec, np.where(present, v, 0.0)) - s["mean"]) / s["std"]
+                    sequence[:, :, ch] = np.where(present, scaled, 0.0)
+                    ch += 1
+        if self.config.calendar:
+            cal = (app_month[:, None] - T + np.arange(T)[None, :]) % 12
+            sequence[:, :, ch] = np.sin(2 * np.pi * cal / 12)
+            sequence[:, :, ch + 1] = np.cos(2 * np.pi * cal / 12)

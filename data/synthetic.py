@@ -133,10 +133,14 @@ class GeneratorConfig(_Strict):
             column = "entity_type" if field == "entities" else "industry"
             declared = set(cols[column].categories or ())
             if set(names) != declared:
-                raise ValueError(f"{field}: {sorted(names)} must equal contract {column} categories {sorted(declared)}")
+                raise ValueError(
+                    f"{field}: {sorted(names)} must equal contract {column} categories {sorted(declared)}"
+                )
         for ind, cfg in self.industries.items():
             if len(cfg.entity_weights) != len(self.entities):
-                raise ValueError(f"industries.{ind}.entity_weights has {len(cfg.entity_weights)} values, need {len(self.entities)}")
+                raise ValueError(
+                    f"industries.{ind}.entity_weights has {len(cfg.entity_weights)} values, need {len(self.entities)}"
+                )
         for ind, season in self.seasonality.items():
             if ind not in self.industries or len(season) != 12:
                 raise ValueError(f"seasonality.{ind}: need a known industry and 12 values, got {len(season)}")
@@ -194,7 +198,9 @@ def _shock_curve(cfg: GeneratorConfig, months: np.ndarray) -> np.ndarray:
     return out
 
 
-def simulate_chunk(cfg: GeneratorConfig, *, seed: int, chunk: int, n: int, drift: bool = False) -> dict[str, Any]:
+def simulate_chunk(
+    cfg: GeneratorConfig, *, seed: int, chunk: int, n: int, drift: bool = False
+) -> dict[str, Any]:
     """Simulate `n` applicants; returns numpy arrays (static facts, monthly paths, true PD).
 
     Monthly arrays are [n, history + forward] in relative time; column `history - 1` is the month
@@ -208,7 +214,12 @@ def simulate_chunk(cfg: GeneratorConfig, *, seed: int, chunk: int, n: int, drift
     I_ = [cfg.industries[i] for i in ind_names]
 
     # --- static facts -------------------------------------------------------------------------
-    shares = np.array([(cfg.drift.entity_shares if drift else {e: x.share for e, x in cfg.entities.items()})[e] for e in ent_names])
+    shares = np.array(
+        [
+            (cfg.drift.entity_shares if drift else {e: x.share for e, x in cfg.entities.items()})[e]
+            for e in ent_names
+        ]
+    )
     ent = rng.choice(len(E), size=n, p=shares / shares.sum())
     weights = np.array([c.entity_weights for c in I_]).T  # [entity, industry]
     cum = np.cumsum(weights / weights.sum(1, keepdims=True), axis=1)
@@ -224,7 +235,9 @@ def simulate_chunk(cfg: GeneratorConfig, *, seed: int, chunk: int, n: int, drift
     margin = np.array([c.margin for c in I_])[ind] * np.exp(0.2 * rng.standard_normal(n))
     ticket = np.array([c.ticket for c in I_])[ind] * np.exp(0.3 * rng.standard_normal(n))
     is_ind = ent == ent_names.index("individual")
-    capital = np.where(is_ind, 0.0, np.round(12 * scale * np.exp(np.log(0.4) + 0.8 * rng.standard_normal(n)), -3))
+    capital = np.where(
+        is_ind, 0.0, np.round(12 * scale * np.exp(np.log(0.4) + 0.8 * rng.standard_normal(n)), -3)
+    )
     legal_rep_age = np.clip(np.round(rng.normal(45, 10, n)), 20, 75).astype(np.int64)
     property_count = rng.poisson(np.exp(-0.3 + 0.35 * quality))
     property_value = np.where(
@@ -248,7 +261,12 @@ def simulate_chunk(cfg: GeneratorConfig, *, seed: int, chunk: int, n: int, drift
     cal = app_m[:, None] - H + np.arange(L)[None, :]  # absolute calendar month of each step
     lo = cal.min()
     shock = _shock_curve(cfg, np.arange(lo, cal.max() + 1))[ind[:, None], cal - lo]
-    season = np.array([np.array(cfg.seasonality.get(i, [0.0] * 12)) - np.mean(cfg.seasonality.get(i, [0.0] * 12)) for i in ind_names])
+    season = np.array(
+        [
+            np.array(cfg.seasonality.get(i, [0.0] * 12)) - np.mean(cfg.seasonality.get(i, [0.0] * 12))
+            for i in ind_names
+        ]
+    )
     season = season[ind[:, None], cal % 12]
     sigma = np.array([c.volatility for c in I_])[ind] * np.exp(0.25 * rng.standard_normal(n))
     firm_trend = hc.trend_sd * rng.standard_normal(n)
@@ -259,7 +277,12 @@ def simulate_chunk(cfg: GeneratorConfig, *, seed: int, chunk: int, n: int, drift
     for t in range(L):
         prev = hc.persistence * prev + sigma * eps[:, t] + jumps[:, t]
         x[:, t] = prev
-    health = hc.quality_loading * quality[:, None] + firm_trend[:, None] * (np.arange(L) - H)[None, :] / 12 + x + shock
+    health = (
+        hc.quality_loading * quality[:, None]
+        + firm_trend[:, None] * (np.arange(L) - H)[None, :] / 12
+        + x
+        + shock
+    )
 
     # --- observed records -----------------------------------------------------------------------
     st = cfg.stress
@@ -272,7 +295,11 @@ def simulate_chunk(cfg: GeneratorConfig, *, seed: int, chunk: int, n: int, drift
     penalty = (u[..., 3] < _sigmoid(st.penalty[0] + st.penalty[1] * health)) | (late & (u[..., 4] < 0.15))
     gap = u[..., 5] < st.record_gap
 
-    sales = np.where(zero | ~active, 0.0, scale[:, None] * np.exp(health + season + hc.observation_noise * rng.standard_normal((n, L))))
+    sales = np.where(
+        zero | ~active,
+        0.0,
+        scale[:, None] * np.exp(health + season + hc.observation_noise * rng.standard_normal((n, L))),
+    )
     # Small-scale taxpayers declare the quarter's sales at quarter end.
     padded = np.concatenate([np.zeros((n, 2)), sales], axis=1)
     quarter_sales = padded[:, 2:] + padded[:, 1:-1] + padded[:, :-2]
@@ -288,7 +315,9 @@ def simulate_chunk(cfg: GeneratorConfig, *, seed: int, chunk: int, n: int, drift
     )
     months_in_period = np.where(general[:, None], 1.0, 3.0)
     fixed_costs = 0.5 * scale[:, None] * margin[:, None] * months_in_period
-    income_tax = np.where(quarter_end | general[:, None], 0.05 * np.maximum(0.0, declared * margin[:, None] - fixed_costs), 0.0)
+    income_tax = np.where(
+        quarter_end | general[:, None], 0.05 * np.maximum(0.0, declared * margin[:, None] - fixed_costs), 0.0
+    )
     vat, income_tax = np.round(vat, 2), np.round(income_tax, 2)
     due = vat + income_tax
     arrears = np.zeros((n, L))
@@ -301,7 +330,9 @@ def simulate_chunk(cfg: GeneratorConfig, *, seed: int, chunk: int, n: int, drift
 
     headcount_base = np.maximum(1.0, np.round(scale / 25_000 * np.exp(0.4 * rng.standard_normal(n))))
     lagged = np.concatenate([np.repeat(health[:, :1], hc.ss_lag, axis=1), health[:, : L - hc.ss_lag]], axis=1)
-    headcount = np.maximum(0, np.round(headcount_base[:, None] * np.exp(0.7 * lagged) + 0.3 * rng.standard_normal((n, L)))).astype(np.int64)
+    headcount = np.maximum(
+        0, np.round(headcount_base[:, None] * np.exp(0.7 * lagged) + 0.3 * rng.standard_normal((n, L)))
+    ).astype(np.int64)
     headcount = np.where(active, headcount, 0)
     prev_hc = np.concatenate([headcount[:, :1], headcount[:, :-1]], axis=1)
     churn = rng.poisson(0.03 * headcount)
@@ -310,7 +341,10 @@ def simulate_chunk(cfg: GeneratorConfig, *, seed: int, chunk: int, n: int, drift
     wage = 4500 * np.exp(0.25 * rng.standard_normal(n))
     contribution_base = np.round(headcount * wage[:, None] * np.exp(0.02 * rng.standard_normal((n, L))), 2)
     ss_arrears = rng.random((n, L)) < _sigmoid(st.ss_arrears[0] + st.ss_arrears[1] * lagged)
-    contributions = np.round(np.where(ss_arrears, 0.3 * contribution_base * rng.uniform(0, 0.5, (n, L)), 0.3 * contribution_base), 2)
+    contributions = np.round(
+        np.where(ss_arrears, 0.3 * contribution_base * rng.uniform(0, 0.5, (n, L)), 0.3 * contribution_base),
+        2,
+    )
 
     hist = np.arange(L)[None, :] < H
     tax_present = hist & active & has_tax[:, None] & (general[:, None] | quarter_end) & ~gap
@@ -395,7 +429,9 @@ def _chunk_tables(cfg: GeneratorConfig, sim: dict[str, Any], first_id: int) -> d
     def long(present: np.ndarray, columns: dict[str, np.ndarray], extra: dict[str, pa.Array]) -> pa.Table:
         rows, steps = np.nonzero(present)  # row-major: sorted by applicant, then month
         out = {
-            "applicant_id": pa.DictionaryArray.from_arrays(pa.array(rows.astype(np.int32)), ids).dictionary_decode(),
+            "applicant_id": pa.DictionaryArray.from_arrays(
+                pa.array(rows.astype(np.int32)), ids
+            ).dictionary_decode(),
             "month": month_to_date32(sim["cal"][rows, steps]),
         }
         out |= {k: v.take(pa.array(rows)) for k, v in extra.items()}
@@ -434,7 +470,9 @@ def generate(
         "generator_config": cfg.model_dump(mode="json"),
     }
     with (
-        DatasetWriter(out, contract=contract, extra_tables={TRUTH_TABLE: TRUTH_SCHEMA}, overwrite=overwrite) as writer,
+        DatasetWriter(
+            out, contract=contract, extra_tables={TRUTH_TABLE: TRUTH_SCHEMA}, overwrite=overwrite
+        ) as writer,
         Progress(disable=not progress, transient=True) as bar,
     ):
         task = bar.add_task("generating county", total=n_applicants)

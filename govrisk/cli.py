@@ -29,7 +29,9 @@ def data_generate(
     applicants: Annotated[int, typer.Option(help="Number of applicants.", min=1)] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, byte-identical files.")] = 0,
     config: Annotated[str, typer.Option(help="Generator config name or YAML path.")] = "county",
-    drift: Annotated[bool, typer.Option(help="Shift the population (drift scenario for monitoring).")] = False,
+    drift: Annotated[
+        bool, typer.Option(help="Shift the population (drift scenario for monitoring).")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset folder.")] = False,
 ) -> None:
     """Generate a synthetic county with a known true PD.
@@ -39,7 +41,9 @@ def data_generate(
     from data.synthetic import generate, load_generator_config
 
     cfg = load_generator_config(config)
-    manifest = generate(cfg, n_applicants=applicants, seed=seed, out=out_dir, drift=drift, overwrite=overwrite)
+    manifest = generate(
+        cfg, n_applicants=applicants, seed=seed, out=out_dir, drift=drift, overwrite=overwrite
+    )
     rows = ", ".join(f"{t} {m['rows']:,}" for t, m in manifest["tables"].items())
     out.print(f"wrote {out_dir}: {rows}")
     out.print(f"content hash {manifest['content_hash']}")

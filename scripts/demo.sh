@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The main job end to end on the embedded defaults. Everything it writes goes under $GOVRISK_WORK.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GOVRISK=.venv/bin/govrisk
+WORK="${GOVRISK_WORK:-runs}"
+DATA="$WORK/data/demo-county"
+
+echo "== 1. Generate a synthetic county (20,000 applicants, seed 7)"
+$GOVRISK data generate --applicants 20000 --seed 7 --out "$DATA" --overwrite
+echo "== 2. Validate it against the record contract"
+$GOVRISK data validate "$DATA"
+echo "== 3. Describe it"
+$GOVRISK data describe "$DATA"
+echo "== 4. Import the real Taiwan credit-card data and validate it"
+$GOVRISK data import taiwan data/real/taiwan/UCI_Credit_Card.csv --out "$WORK/data/taiwan" --overwrite
+$GOVRISK data validate "$WORK/data/taiwan"
+echo
+echo "demo finished; datasets are under $WORK/data"

@@ -1,0 +1,41 @@
+"""Shared fixtures: one tiny synthetic county per session, and PostgreSQL availability."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from data.features import FeatureBuilder, FeatureSet
+from data.store import Dataset, read_dataset
+from data.synthetic import generate, load_generator_config
+
+TINY_APPLICANTS = 3000
+TINY_SEED = 1
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _work_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Everything the code under test writes goes to a temporary work folder."""
+    os.environ["GOVRISK_WORK"] = str(tmp_path_factory.mktemp("work"))
+
+
+@pytest.fixture(scope="session")
+def tiny_county_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "tiny-county"
+    generate(
+        load_generator_config("county"), n_applicants=TINY_APPLICANTS, seed=TINY_SEED, out=out, progress=False
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_county(tiny_county_path: Path) -> Dataset:
+    return read_dataset(tiny_county_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tiny_county: Dataset) -> tuple[FeatureBuilder, FeatureSet]:
+    builder = FeatureBuilder.from_config("county").fit(tiny_county.applicants, tiny_county.monthly)
+    return builder, builder.transform(tiny_county.applicants, tiny_county.monthly)

@@ -1,0 +1,1 @@
+"""Model training: the scorecard champion and its challengers."""
