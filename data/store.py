@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,9 @@ class DatasetWriter:
         self.contract = contract
         self.schemas = {t: arrow_schema(contract, t) for t in contract.tables}
         self.schemas.update(extra_tables or {})
-        self.tmp = self.out.with_name(f".{self.out.name}.partial")
+        self.overwrite = overwrite
+        # One partial folder per process: concurrent writers (DDP ranks, tuning workers) never mix.
+        self.tmp = self.out.with_name(f".{self.out.name}.partial-{os.getpid()}")
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         self._writers: dict[str, pq.ParquetWriter] = {}
@@ -130,6 +133,9 @@ class DatasetWriter:
         }
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if self.out.exists():
+            if not self.overwrite:  # another writer finished the same folder while this one ran
+                shutil.rmtree(self.tmp)
+                raise FileExistsError(f"dataset folder appeared while writing: {self.out}")
             shutil.rmtree(self.out)
         self.tmp.rename(self.out)
         return manifest

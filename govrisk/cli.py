@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,10 +18,15 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Generate, import, validate and describe datasets.", no_args_is_help=True)
 data_import = typer.Typer(help="Map real data onto the record contract.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="The model registry (BentoML's model store in the work folder).", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
 data_app.add_typer(data_import, name="import")
 console = Console(stderr=True)
-out = Console()
+# Piped output (logs, CI, tests) is not a terminal: give tables room instead of rich's 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 
 @data_app.command("generate")
@@ -115,6 +121,92 @@ def data_import_taiwan(
     manifest = import_taiwan(csv, out=out_dir, overwrite=overwrite)
     rows = ", ".join(f"{t} {m['rows']:,}" for t, m in manifest["tables"].items())
     out.print(f"wrote {out_dir}: {rows}")
+
+
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train_cmd(
+    ctx: typer.Context,
+    config: Annotated[
+        str, typer.Option("--config", help="Experiment name in configs/experiment/ or a YAML path.")
+    ],
+    devices: Annotated[int, typer.Option(help="Processes (DDP on CPU with gloo when > 1).", min=1)] = 1,
+) -> None:
+    """Train one model from an experiment config, export it to ONNX, evaluate and register it.
+
+    Extra arguments are `key=value` overrides of the config, checked before any training.
+
+    Example: govrisk train --config configs/experiment/county_cnn.yaml model.params.trainer.max_epochs=5
+    """
+    from training.config import load_experiment
+
+    try:
+        cfg, params = load_experiment(config, list(ctx.args))
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error[/red]: {e}")
+        raise typer.Exit(2) from None
+    from training.train import train
+
+    with console.status(f"training {cfg.name} ({cfg.model.kind})"):
+        result = train(cfg, params, devices=devices, strategy="ddp" if devices > 1 else "auto")
+    m = result.metrics
+    out.print(f"run folder  {result.run_dir}")
+    out.print(f"model tag   {result.tag or '(not registered)'}")
+    out.print(
+        f"ONNX parity max |Δp| {result.onnx_parity['max_abs_diff']:.2e} on {result.onnx_parity['rows']:,} rows"
+    )
+    for split in ("train", "val", "oot"):
+        out.print(
+            f"{split:5s} AUC {m[f'{split}/auroc']:.4f}  KS {m[f'{split}/ks']:.4f}  Brier {m[f'{split}/brier']:.4f}"
+        )
+
+
+@models_app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Registered models: name, version, kind, key metrics and data hash.
+
+    Example: govrisk models list
+    """
+    from training.registry import list_models
+
+    rows = list_models()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{len(rows)} registered models")
+    for col in ("name", "version", "kind", "created", "val/auroc", "oot/auroc", "oot/ks", "data hash"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        mt = r["metrics"]
+        fmt = lambda k: f"{mt[k]:.4f}" if k in mt else "-"  # noqa: E731
+        table.add_row(
+            r["name"],
+            r["version"],
+            r["kind"],
+            r["created"],
+            fmt("val/auroc"),
+            fmt("oot/auroc"),
+            fmt("oot/ks"),
+            r["data_hash"][:12],
+        )
+    out.print(table)
+
+
+@models_app.command("verify")
+def models_verify(tag: Annotated[str, typer.Argument(help="Model tag, e.g. county-cnn:latest.")]) -> None:
+    """Check a registered model's ONNX file against the sha256 recorded at registration.
+
+    Example: govrisk models verify county-scorecard:latest
+    """
+    from training.registry import TamperedModelError, model_path
+
+    try:
+        path, meta = model_path(tag, verify=True)
+    except (KeyError, TamperedModelError) as e:
+        console.print(f"[red]refused[/red]: {e}")
+        raise typer.Exit(1) from None
+    out.print(f"[green]ok[/green] {tag}: {path / 'model.onnx'} sha256 {meta['onnx_sha256']}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

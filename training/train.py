@@ -1,0 +1,274 @@
+"""`train(cfg)`: the one training path that the CLI, the tests and the Optuna objective share.
+
+Reads top to bottom: data -> split -> features (fitted on train only) -> model -> ONNX export with
+parity -> metrics of the exported model on every split -> a self-describing run folder -> registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from data.features import FeatureBuilder, FeatureSet, month_number
+from data.store import Dataset, read_dataset, read_manifest, verify_hash
+from govrisk.paths import work_dir
+from training.config import DataSpec, ExperimentConfig, SplitSpec, resolved_dict
+from training.metrics import evaluate
+from training.registry import lineage, register, sha256_file
+
+SPLITS = ("train", "val", "oot")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, float]
+    tag: str | None  # model-store tag when registered
+    onnx_parity: dict[str, Any]
+
+
+def dataset_path(spec: DataSpec) -> Path:
+    """The dataset folder an experiment reads, made once (generated or imported) if it is missing."""
+    if spec.dataset is not None:
+        return Path(spec.dataset)
+    root = work_dir() / "data"
+    if spec.generate is not None:
+        g = spec.generate
+        path = root / f"{g.config}-{g.applicants}-s{g.seed}{'-drift' if g.drift else ''}"
+        if not (path / "manifest.json").exists():
+            from data.synthetic import generate, load_generator_config
+
+            try:
+                generate(
+                    load_generator_config(g.config),
+                    n_applicants=g.applicants,
+                    seed=g.seed,
+                    out=path,
+                    drift=g.drift,
+                    progress=False,
+                )
+            except FileExistsError:
+                pass  # another worker finished the same dataset first: same seed, same bytes
+        return path
+    path = root / "taiwan"
+    if not (path / "manifest.json").exists():
+        from data.taiwan import import_taiwan
+
+        try:
+            import_taiwan(Path(spec.import_taiwan), out=path)
+        except FileExistsError:
+            pass
+    return path
+
+
+def load_data(spec: DataSpec) -> tuple[Dataset, str]:
+    """The dataset and its verified content hash (a changed file is refused, not trained on)."""
+    path = dataset_path(spec)
+    read_manifest(path)  # clear error when the folder is not a dataset
+    return read_dataset(path), verify_hash(path)
+
+
+def split_indices(ds: Dataset, spec: SplitSpec) -> dict[str, np.ndarray]:
+    """Row indices of train / val / oot. Vintage splits cut on the application month; data without
+    vintages (Taiwan) gets a seeded stratified split, or fold k of a stratified k-fold as `oot`."""
+    a = ds.applicants
+    y = a[ds.contract.applicants.label].astype(int).to_numpy()
+    idx = np.arange(len(a))
+    if spec.kind == "vintage":
+        m = month_number(a[ds.contract.applicants.application_date])
+        val_m, oot_m = (
+            month_number(np.array([f"{s}-01"], dtype="datetime64[D]"))[0]
+            for s in (spec.val_start, spec.oot_start)
+        )
+        parts = {"train": idx[m < val_m], "val": idx[(m >= val_m) & (m < oot_m)], "oot": idx[m >= oot_m]}
+    else:
+        if spec.folds is not None:
+            folds = StratifiedKFold(spec.folds, shuffle=True, random_state=spec.seed)
+            rest, oot = list(folds.split(idx, y))[spec.fold]
+        else:
+            rest, oot = train_test_split(idx, test_size=spec.oot_share, stratify=y, random_state=spec.seed)
+        train, val = train_test_split(
+            rest, test_size=spec.val_share, stratify=y[rest], random_state=spec.seed
+        )
+        parts = {"train": np.sort(train), "val": np.sort(val), "oot": np.sort(oot)}
+    for name, rows in parts.items():
+        if len(rows) == 0 or y[rows].min() == y[rows].max():
+            raise ValueError(
+                f"split {name!r} has {len(rows)} rows and needs both classes; check split: {spec.model_dump()}"
+            )
+    return parts
+
+
+def _config_hash(resolved: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
+
+
+def _onnx_predict(path: Path, fs: FeatureSet, input_names: list[str]) -> np.ndarray:
+    """Probabilities of the exported model: the figures describe what serving will run."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    arrays = {"raw": fs.raw.to_numpy(dtype=np.float64), "sequence": fs.sequence, "static": fs.static}
+    out = []
+    for start in range(0, len(fs), 20_000):
+        feeds = {k: arrays[k][start : start + 20_000] for k in input_names}
+        out.append(sess.run(["pd"], feeds)[0].reshape(-1))
+    return np.concatenate(out).astype(np.float64)
+
+
+def _fit_scorecard(
+    params: BaseModel,
+    parts: dict[str, FeatureSet],
+    check: FeatureSet,
+    builder: FeatureBuilder,
+    run_dir: Path,
+    cfg: ExperimentConfig,
+) -> tuple[dict[str, Any], list[str]]:
+    from training.scorecard import Scorecard, export_onnx
+
+    card = Scorecard.fit(
+        parts["train"].raw,
+        parts["train"].labels,
+        categorical=builder.fitted["categorical"],
+        config=params,
+        vocabulary=builder.fitted["vocab"],
+    )
+    parity = export_onnx(card, run_dir / "model.onnx", check.raw, atol=cfg.parity_atol)
+    with open(run_dir / "scorecard.pkl", "wb") as f:
+        pickle.dump(card, f)
+    card.table().to_csv(run_dir / "scorecard.csv", index=False)
+    (run_dir / "reason_codes.json").write_text(
+        json.dumps({"k": params.reason_codes, "characteristics": card.reason_code_table()}, indent=1)
+    )
+    return parity, ["raw"]
+
+
+def _fit_net(
+    params: BaseModel,
+    parts: dict[str, FeatureSet],
+    check: FeatureSet,
+    run_dir: Path,
+    cfg: ExperimentConfig,
+    callbacks: list[Any],
+    devices: int,
+    strategy: str,
+) -> tuple[dict[str, Any], list[str]]:
+    import torch
+
+    from training.export import export_onnx
+    from training.lightning import fit_net
+
+    fit = fit_net(
+        params,
+        parts["train"],
+        parts["val"],
+        {"oot": parts["oot"]},
+        default_root_dir=run_dir / "lightning",
+        devices=devices,
+        strategy=strategy,
+        callbacks=callbacks,
+    )
+    names = list(fit.calibrated.net.input_names)
+    example = tuple(torch.from_numpy(getattr(check, k)[:2]) for k in names)
+    parity = export_onnx(
+        fit.calibrated,
+        example,
+        run_dir / "model.onnx",
+        input_names=names,
+        check_inputs=tuple(getattr(check, k) for k in names),
+        atol=cfg.parity_atol,
+    )
+    Path(fit.best_path).replace(run_dir / "model.ckpt")
+    (run_dir / "calibration.json").write_text(
+        json.dumps(
+            {
+                "method": params.calibration,
+                "a": fit.a,
+                "b": fit.b,
+                "epochs": fit.epochs,
+                "best_val_auroc_uncalibrated": fit.best_val_auroc,
+            },
+            indent=1,
+        )
+    )
+    return parity, names
+
+
+def train(
+    cfg: ExperimentConfig,
+    params: BaseModel,
+    *,
+    callbacks: list[Any] | None = None,
+    devices: int = 1,
+    strategy: str = "auto",
+) -> RunResult:
+    """Train, export, evaluate and (optionally) register one model; returns where it all went."""
+    t0 = time.perf_counter()
+    kind = cfg.model.kind
+    resolved = resolved_dict(cfg, params)
+    config_hash = _config_hash(resolved)
+
+    ds, data_hash = load_data(cfg.data)
+    rows = split_indices(ds, cfg.split)
+    a = ds.applicants
+    builder = FeatureBuilder.from_config(cfg.data.features).fit(
+        a.iloc[rows["train"]].reset_index(drop=True), ds.monthly
+    )
+    features = builder.transform(a, ds.monthly)
+    parts = {name: features.take(r) for name, r in rows.items()}
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    run_dir = work_dir() / "runs" / cfg.name / f"{stamp}-{config_hash[:8]}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    builder.save(run_dir / "feature_schema.json")
+
+    # Parity of the exported graph is checked on up to `parity_rows` applicants of every split.
+    check = features.take(np.random.default_rng(cfg.seed).permutation(len(features))[: cfg.parity_rows])
+    t_fit = time.perf_counter()
+    if kind == "scorecard":
+        parity, input_names = _fit_scorecard(params, parts, check, builder, run_dir, cfg)
+    else:
+        parity, input_names = _fit_net(params, parts, check, run_dir, cfg, callbacks or [], devices, strategy)
+    fit_seconds = time.perf_counter() - t_fit
+
+    metrics: dict[str, float] = {}
+    for name, fs in parts.items():
+        metrics |= evaluate(fs.labels, _onnx_predict(run_dir / "model.onnx", fs, input_names), name)
+    report = {
+        "model": kind,
+        "metrics": metrics,
+        "fit_seconds": fit_seconds,
+        "total_seconds": time.perf_counter() - t0,
+        "onnx": parity | {"sha256": sha256_file(run_dir / "model.onnx"), "inputs": input_names},
+        "splits": {name: len(r) for name, r in rows.items()},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(report, indent=1))
+    lin = lineage(data_hash=data_hash, config_hash=config_hash, seed=cfg.seed, dataset=str(ds.path))
+    (run_dir / "lineage.json").write_text(json.dumps(lin, indent=1))
+
+    tag = None
+    if cfg.register_model:
+        name = f"{ds.contract.name}-{kind}"
+        tag = register(run_dir, name=name, kind=kind, metrics=metrics, lineage_=lin)
+        (run_dir / "model_tag.txt").write_text(tag + "\n")
+    return RunResult(run_dir=run_dir, metrics=metrics, tag=tag, onnx_parity=parity)
+
+
+def predictions(run_dir: Path, applicants: pd.DataFrame, monthly: dict[str, pd.DataFrame]) -> np.ndarray:
+    """Batch scores of a run's exported model: features from its schema, then onnxruntime."""
+    report = json.loads((run_dir / "metrics.json").read_text())
+    fs = FeatureBuilder.from_schema(run_dir / "feature_schema.json").transform(applicants, monthly)
+    return _onnx_predict(run_dir / "model.onnx", fs, report["onnx"]["inputs"])
