@@ -178,18 +178,11 @@ def models_list(
     for col in ("name", "version", "kind", "created", "val/auroc", "oot/auroc", "oot/ks", "data hash"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        mt = r["metrics"]
-        fmt = lambda k: f"{mt[k]:.4f}" if k in mt else "-"  # noqa: E731
-        table.add_row(
-            r["name"],
-            r["version"],
-            r["kind"],
-            r["created"],
-            fmt("val/auroc"),
-            fmt("oot/auroc"),
-            fmt("oot/ks"),
-            r["data_hash"][:12],
-        )
+        figures = [
+            f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "-"
+            for k in ("val/auroc", "oot/auroc", "oot/ks")
+        ]
+        table.add_row(r["name"], r["version"], r["kind"], r["created"], *figures, r["data_hash"][:12])
     out.print(table)
 
 

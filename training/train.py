@@ -6,6 +6,7 @@ parity -> metrics of the exported model on every split -> a self-describing run 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import pickle
@@ -50,7 +51,8 @@ def dataset_path(spec: DataSpec) -> Path:
         if not (path / "manifest.json").exists():
             from data.synthetic import generate, load_generator_config
 
-            try:
+            # Another worker may finish the same dataset first: same seed, same bytes, keep theirs.
+            with contextlib.suppress(FileExistsError):
                 generate(
                     load_generator_config(g.config),
                     n_applicants=g.applicants,
@@ -59,17 +61,13 @@ def dataset_path(spec: DataSpec) -> Path:
                     drift=g.drift,
                     progress=False,
                 )
-            except FileExistsError:
-                pass  # another worker finished the same dataset first: same seed, same bytes
         return path
     path = root / "taiwan"
     if not (path / "manifest.json").exists():
         from data.taiwan import import_taiwan
 
-        try:
+        with contextlib.suppress(FileExistsError):
             import_taiwan(Path(spec.import_taiwan), out=path)
-        except FileExistsError:
-            pass
     return path
 
 
