@@ -356,10 +356,10 @@ def simulate_chunk(
     recent = health[:, H - 6 : H].mean(1)
     level = recent - health[:, H - 24 : H - 12].mean(1)
     trend = recent - health[:, H - 12 : H - 6].mean(1)
-    volatility = sigma
+    volatility = np.diff(health[:, H - 13 : H], axis=1).std(1)
     # Stress events as the departments recorded them, weighted by recency (half-life 4 months).
     recency = 0.5 ** ((H - 1 - np.arange(H)) / 4.0)
-    events = (late | unpaid | zero)[:, :H] * tax_present[:, :H] + ss_arrears[:, :H] * ss_present[:, :H]
+    events = (late | zero | (arrears > 0))[:, :H] * tax_present[:, :H] + ss_arrears[:, :H] * ss_present[:, :H]
     stress = (events * recency).sum(1)
     leverage = np.log(requested / (12 * scale * np.exp(recent)))
     logit = (

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GOVRISK=.venv/bin/govrisk
 WORK="${GOVRISK_WORK:-runs}"
-DATA="$WORK/data/demo-county"
+DATA="$WORK/data/county-20000-s7"  # where the county_* experiments look for it
 
 echo "== 1. Generate a synthetic county (20,000 applicants, seed 7)"
 $GOVRISK data generate --applicants 20000 --seed 7 --out "$DATA" --overwrite
@@ -15,5 +15,10 @@ $GOVRISK data describe "$DATA"
 echo "== 4. Import the real Taiwan credit-card data and validate it"
 $GOVRISK data import taiwan data/real/taiwan/UCI_Credit_Card.csv --out "$WORK/data/taiwan" --overwrite
 $GOVRISK data validate "$WORK/data/taiwan"
+echo "== 5. Train the champion (WOE scorecard) and a challenger (temporal CNN) on the county"
+$GOVRISK train --config county_scorecard
+$GOVRISK train --config county_cnn
+echo "== 6. The model registry"
+$GOVRISK models list
 echo
-echo "demo finished; datasets are under $WORK/data"
+echo "demo finished: datasets under $WORK/data, run folders under $WORK/runs, model store under $WORK/bentoml"

@@ -1,0 +1,137 @@
+"""`train(cfg)` end to end on the tiny county: run folder, ONNX parity, registry, lineage, bad configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from govrisk.cli import app
+from govrisk.paths import work_dir
+from training.config import experiment_from_dict, load_experiment
+from training.registry import TamperedModelError, list_models, model_path, verify_file
+from training.train import predictions, train
+
+RUN_FILES = {"config.yaml", "metrics.json", "model.onnx", "feature_schema.json", "lineage.json"}
+
+
+def experiment(dataset: Path, kind: str, **params) -> dict:
+    return {
+        "name": f"test-{kind}",
+        "seed": 3,
+        "data": {"dataset": str(dataset), "features": "county"},
+        "split": {"kind": "vintage", "val_start": "2023-01", "oot_start": "2023-07"},
+        "model": {"kind": kind, "params": params},
+    }
+
+
+FAST_NET = {"trainer": {"max_epochs": 2, "patience": 1, "batch_size": 256}}
+
+
+@pytest.fixture(scope="module")
+def scorecard_run(tiny_county_path: Path):
+    cfg, params = experiment_from_dict(experiment(tiny_county_path, "scorecard"))
+    return train(cfg, params)
+
+
+def test_scorecard_run_folder_describes_itself(scorecard_run, tiny_county_path: Path) -> None:
+    run = scorecard_run
+    assert RUN_FILES | {"scorecard.pkl", "scorecard.csv", "reason_codes.json"} <= {
+        p.name for p in run.run_dir.iterdir()
+    }
+    report = json.loads((run.run_dir / "metrics.json").read_text())
+    assert report["onnx"]["inputs"] == ["raw"]
+    assert report["onnx"]["max_abs_diff"] <= 1e-5
+    assert run.metrics["oot/auroc"] > 0.7  # it learnt something real
+    lineage = json.loads((run.run_dir / "lineage.json").read_text())
+    manifest = json.loads((tiny_county_path / "manifest.json").read_text())
+    assert lineage["data_hash"] == manifest["content_hash"]
+    assert lineage["git_commit"] and lineage["packages"]["onnxruntime"]
+    resolved = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+    assert resolved["model"]["params"]["scaling"]["base_points"] == 600  # defaults resolved in full
+    # The resolved config is itself a valid experiment: `govrisk train` consumes it unchanged.
+    again, _ = experiment_from_dict(resolved)
+    assert again.model.kind == "scorecard"
+
+
+def test_registered_and_listed_and_tamper_refused(scorecard_run) -> None:
+    tags = [r["tag"] for r in list_models()]
+    assert scorecard_run.tag in tags
+    path, meta = model_path(scorecard_run.tag)
+    verify_file(path / "model.onnx", meta["onnx_sha256"])
+    listed = CliRunner().invoke(app, ["models", "list"])
+    assert listed.exit_code == 0 and "county-scorecard" in listed.output
+
+    onnx_file = path / "model.onnx"
+    original = onnx_file.read_bytes()
+    try:
+        onnx_file.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        with pytest.raises(TamperedModelError, match="refusing"):
+            model_path(scorecard_run.tag)
+        refused = CliRunner().invoke(app, ["models", "verify", scorecard_run.tag])
+        assert refused.exit_code == 1 and "refused" in refused.output
+    finally:
+        onnx_file.write_bytes(original)
+
+
+def test_batch_predictions_from_the_run_folder_match_training_metrics(scorecard_run, tiny_county) -> None:
+    a = tiny_county.applicants
+    p = predictions(scorecard_run.run_dir, a, tiny_county.monthly)
+    assert p.shape == (len(a),) and np.isfinite(p).all() and (0 < p).all() and (p < 1).all()
+    assert abs(p.mean() - a.default_12m.mean()) < 0.03
+
+
+@pytest.mark.parametrize("kind", ["cnn", "tabular"])
+def test_network_runs_export_and_register(kind: str, tiny_county_path: Path) -> None:
+    cfg, params = experiment_from_dict(experiment(tiny_county_path, kind, **FAST_NET))
+    run = train(cfg, params)
+    names = {p.name for p in run.run_dir.iterdir()}
+    assert RUN_FILES | {"model.ckpt", "calibration.json"} <= names
+    assert run.onnx_parity["max_abs_diff"] <= 1e-5
+    assert run.metrics["val/auroc"] > 0.6
+    assert run.tag and run.tag.startswith(f"county-{kind}:")
+
+
+def test_same_config_and_seed_give_the_same_val_auc(tiny_county_path: Path) -> None:
+    raw = experiment(tiny_county_path, "cnn", **FAST_NET) | {"register_model": False}
+    first = train(*experiment_from_dict(raw)).metrics["val/auroc"]
+    second = train(*experiment_from_dict(raw)).metrics["val/auroc"]
+    assert abs(first - second) < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"learning_rate": 0.1}, "learning_rate"),
+        ({"split": {"kind": "vintage", "val_start": "2023-01"}}, "oot_start"),
+        ({"seed": "seven"}, "seed"),
+        ({"model": {"kind": "cnn", "params": {"net": {"dropout": 1.5}}}}, "model.params.net.dropout"),
+        ({"model": {"kind": "cnn", "params": {"net": {"hiden": 8}}}}, "model.params.net.hiden"),
+        (
+            {"model": {"kind": "scorecard", "params": {"scaling": {"pdo": "twenty"}}}},
+            "model.params.scaling.pdo",
+        ),
+        ({"model": {"kind": "forest"}}, "model.kind"),
+    ],
+)
+def test_bad_configs_fail_before_training_naming_the_key(
+    override: dict, named: str, tiny_county_path: Path
+) -> None:
+    raw = experiment(tiny_county_path, "cnn") | override
+    runs_before = set((work_dir() / "runs").glob("*/*")) if (work_dir() / "runs").exists() else set()
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+        experiment_from_dict(raw)
+    runs_after = set((work_dir() / "runs").glob("*/*")) if (work_dir() / "runs").exists() else set()
+    assert runs_after == runs_before
+
+
+def test_cli_overrides_are_checked_before_training() -> None:
+    result = CliRunner().invoke(app, ["train", "--config", "county_cnn", "model.params.optim.lr=-1"])
+    assert result.exit_code == 2
+    assert "model.params.optim.lr" in result.output
+    with pytest.raises(ValueError, match="key=value"):
+        load_experiment("county_cnn", ["model.params.optim.lr"])
