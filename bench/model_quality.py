@@ -14,21 +14,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data.features import FeatureBuilder  # noqa: E402
-from data.store import read_table  # noqa: E402
-from govrisk.paths import CONFIGS  # noqa: E402
-from training.config import experiment_from_dict  # noqa: E402
-from training.metrics import evaluate  # noqa: E402
-from training.train import load_data, split_indices, train  # noqa: E402
+from data.features import FeatureBuilder
+from data.store import read_table
+from govrisk.paths import CONFIGS
+from training.config import experiment_from_dict
+from training.metrics import evaluate
+from training.train import load_data, split_indices, train
 
 MODELS = ("scorecard", "tabular", "cnn")
 LGBM = {"n_estimators": 2000, "learning_rate": 0.03, "num_leaves": 31, "min_child_samples": 50,
