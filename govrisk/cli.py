@@ -149,6 +149,8 @@ def train_cmd(
     with console.status(f"training {cfg.name} ({cfg.model.kind})"):
         result = train(cfg, params, devices=devices, strategy="ddp" if devices > 1 else "auto")
     m = result.metrics
+    if not m:  # a DDP rank other than 0: rank 0 reports
+        return
     out.print(f"run folder  {result.run_dir}")
     out.print(f"model tag   {result.tag or '(not registered)'}")
     out.print(

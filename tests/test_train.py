@@ -135,3 +135,20 @@ def test_cli_overrides_are_checked_before_training() -> None:
     assert "model.params.optim.lr" in result.output
     with pytest.raises(ValueError, match="key=value"):
         load_experiment("county_cnn", ["model.params.optim.lr"])
+
+
+@pytest.mark.slow
+def test_govrisk_train_with_two_ddp_processes(tmp_path: Path, tiny_county_path: Path) -> None:
+    """`--devices 2`: Lightning's DDP (gloo on CPU) relaunches the command per rank; rank 0 reports."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"GOVRISK_WORK": str(tmp_path)}
+    cmd = [sys.executable, "-m", "govrisk.cli", "train", "--config", "county_cnn", "--devices", "2",
+           f"data.dataset={tiny_county_path}", "data.generate=null", "model.params.trainer.max_epochs=2"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run folder") == 1  # one report, from rank 0
+    runs = list((tmp_path / "runs" / "county-cnn").iterdir())
+    assert len(runs) == 1 and (runs[0] / "model.onnx").exists() and (runs[0] / "metrics.json").exists()

@@ -102,7 +102,9 @@ def load_model_config(name_or_path: str | Path, kind: str | None = None) -> Mode
     raw = yaml.safe_load(path.read_text()) or {}
     kind = kind or raw.get("kind") or Path(path).stem
     if kind not in _CONFIGS:
-        raise ValueError(f"{path}: cannot tell the model kind ({kind=!r}); add `kind: cnn` or `kind: tabular`")
+        raise ValueError(
+            f"{path}: cannot tell the model kind ({kind=!r}); add `kind: cnn` or `kind: tabular`"
+        )
     try:
         return _CONFIGS[kind].model_validate(raw)
     except ValidationError as e:
@@ -125,12 +127,13 @@ class RiskMetrics(nn.Module):
 
     names = ("auroc", "ks", "brier", "logloss")
 
-    def __init__(self) -> None:
+    def __init__(self, *, sync: bool = True) -> None:
         super().__init__()
-        self.auroc = BinaryAUROC()
-        self.ks = BinaryKS()
-        self.brier = torchmetrics.MeanSquaredError()
-        self.logloss = torchmetrics.MeanMetric()
+        # sync=False: a figure one process computes on data it holds whole (after DDP training).
+        self.auroc = BinaryAUROC(sync_on_compute=sync)
+        self.ks = BinaryKS(sync_on_compute=sync)
+        self.brier = torchmetrics.MeanSquaredError(sync_on_compute=sync)
+        self.logloss = torchmetrics.MeanMetric(sync_on_compute=sync)
 
     @torch.no_grad()
     def update(self, logits: Tensor, target: Tensor) -> None:
@@ -158,7 +161,9 @@ def _tensors(fs: FeatureSet, inputs: Sequence[str]) -> dict[str, Tensor]:
         raise ValueError("a FeatureSet without labels cannot be trained or evaluated on")
     arrays = {"sequence": fs.sequence, "static": fs.static, "label": fs.labels}
     # from_numpy shares memory: no copy of a 200k x 24 x C array per split.
-    return {k: torch.from_numpy(np.ascontiguousarray(arrays[k], dtype=np.float32)) for k in (*inputs, "label")}
+    return {
+        k: torch.from_numpy(np.ascontiguousarray(arrays[k], dtype=np.float32)) for k in (*inputs, "label")
+    }
 
 
 class TensorBatches(Dataset):
@@ -186,7 +191,16 @@ class BatchIndexSampler(Sampler[Tensor]):
     batch, harmless because metrics only sync at epoch end.
     """
 
-    def __init__(self, n: int, *, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False, pad: bool = True) -> None:
+    def __init__(
+        self,
+        n: int,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+        pad: bool = True,
+    ) -> None:
         if n < 1 or batch_size < 1:
             raise ValueError(f"need n >= 1 and batch_size >= 1, got {n=} {batch_size=}")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
@@ -252,7 +266,9 @@ class RiskDataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.train_ds = TensorBatches(_tensors(train, self.inputs))
         self.val_ds = TensorBatches(_tensors(val, self.inputs))
-        self.test_ds = {name: TensorBatches(_tensors(fs, self.inputs)) for name, fs in (test_sets or {}).items()}
+        self.test_ds = {
+            name: TensorBatches(_tensors(fs, self.inputs)) for name, fs in (test_sets or {}).items()
+        }
 
     @property
     def test_splits(self) -> tuple[str, ...]:
@@ -327,7 +343,9 @@ class RiskModule(L.LightningModule):
         if clash or len(set(self.test_splits)) != len(self.test_splits):
             raise ValueError(f"test split names must be unique and not train/val, got {self.test_splits=}")
         # Keyed "<split>_split": a ModuleDict key may not shadow nn.Module attributes such as `train`.
-        self.metrics = nn.ModuleDict({f"{s}_split": RiskMetrics() for s in ("train", "val", *self.test_splits)})
+        self.metrics = nn.ModuleDict(
+            {f"{s}_split": RiskMetrics() for s in ("train", "val", *self.test_splits)}
+        )
 
     def split_metrics(self, split: str) -> RiskMetrics:
         """The metric object of `split` (one per split, never shared)."""
@@ -364,7 +382,9 @@ class RiskModule(L.LightningModule):
 
     def _log_split(self, split: str) -> None:
         values = self.split_metrics(split).compute()  # synced across processes under DDP
-        self.log_dict({f"{split}/{k}": v for k, v in values.items()}, sync_dist=False, add_dataloader_idx=False)
+        self.log_dict(
+            {f"{split}/{k}": v for k, v in values.items()}, sync_dist=False, add_dataloader_idx=False
+        )
         self.split_metrics(split).reset()
 
     def on_train_epoch_end(self) -> None:
@@ -393,7 +413,11 @@ class RiskModule(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if hp.schedule == "onecycle":
             sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=hp.lr, total_steps=total, pct_start=max(hp.warmup_frac, 1e-3), anneal_strategy="cos"
+                opt,
+                max_lr=hp.lr,
+                total_steps=total,
+                pct_start=max(hp.warmup_frac, 1e-3),
+                anneal_strategy="cos",
             )
         else:
             warm = max(1, int(hp.warmup_frac * total))
@@ -465,6 +489,7 @@ def make_trainer(
     monitor: str = MONITOR,
     gradient_clip_val: float | None = None,
     logger: bool = True,
+    extra_callbacks: Sequence[L.Callback] = (),
 ) -> L.Trainer:
     """A Trainer with early stopping and best-checkpointing on `val/auroc` (mode max).
 
@@ -485,6 +510,7 @@ def make_trainer(
             auto_insert_metric_name=False,
             enable_version_counter=False,
         ),
+        *extra_callbacks,  # e.g. Optuna's pruning callback
     ]
     return L.Trainer(
         max_epochs=max_epochs,
@@ -522,7 +548,9 @@ class FitResult:
 def predict_logits(net: nn.Module, fs: FeatureSet, *, batch_size: int = 8192) -> np.ndarray:
     """Logits [N] of a bare net on a FeatureSet, eval mode, no grad."""
     net.eval()
-    inputs = [torch.from_numpy(np.ascontiguousarray(getattr(fs, k), dtype=np.float32)) for k in net.input_names]
+    inputs = [
+        torch.from_numpy(np.ascontiguousarray(getattr(fs, k), dtype=np.float32)) for k in net.input_names
+    ]
     with torch.inference_mode():
         out = [net(*(x[i : i + batch_size] for x in inputs)) for i in range(0, len(fs), batch_size)]
     return torch.cat(out).numpy()
@@ -538,6 +566,7 @@ def fit_net(
     devices: int = 1,
     strategy: str = "auto",
     enable_progress_bar: bool = False,
+    callbacks: Sequence[L.Callback] = (),
 ) -> FitResult:
     """Seed, build, fit with early stopping, reload the best epoch, fit calibration on `val`."""
     test_sets = dict(test_sets or {})
@@ -547,7 +576,8 @@ def fit_net(
         cfg.net,
         n_channels=train.sequence.shape[2],
         n_static=train.static.shape[1],
-        static_train=train.static if cfg.kind == "tabular" else None,
+        static_train=train.static,
+        sequence_train=train.sequence,
     )
     o = cfg.optim
     module = RiskModule(
@@ -560,7 +590,12 @@ def fit_net(
         test_splits=tuple(test_sets),
     )
     dm = RiskDataModule(
-        train, val, test_sets, batch_size=cfg.trainer.batch_size, inputs=net.input_names, seed=cfg.trainer.seed
+        train,
+        val,
+        test_sets,
+        batch_size=cfg.trainer.batch_size,
+        inputs=net.input_names,
+        seed=cfg.trainer.seed,
     )
     trainer = make_trainer(
         max_epochs=cfg.trainer.max_epochs,
@@ -570,6 +605,7 @@ def fit_net(
         strategy=strategy,
         enable_progress_bar=enable_progress_bar,
         gradient_clip_val=o.grad_clip,
+        extra_callbacks=callbacks,
     )
     trainer.fit(module, datamodule=dm)
     ckpt = trainer.checkpoint_callback
@@ -579,7 +615,7 @@ def fit_net(
     metrics = {}
     if trainer.is_global_zero or devices == 1:
         for name, fs in {"val": val, **test_sets}.items():
-            m = RiskMetrics()
+            m = RiskMetrics(sync=False)
             m.update(torch.from_numpy(predict_logits(best.net, fs)), torch.from_numpy(fs.labels))
             metrics |= {f"{name}/{k}": float(v) for k, v in m.compute().items()}
     a, b = fit_calibration(predict_logits(best.net, val), val.labels, cfg.calibration)

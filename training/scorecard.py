@@ -168,23 +168,36 @@ class BinTable:
         return np.where(missing, self.missing_woe, out)
 
 
-def _probe_table(ob: OptimalBinning, *, name: str, column: int, kind: str, x_train: np.ndarray, missing_codes: tuple[float, ...]) -> BinTable:
+def _probe_table(
+    ob: OptimalBinning,
+    *,
+    name: str,
+    column: int,
+    kind: str,
+    x_train: np.ndarray,
+    missing_codes: tuple[float, ...],
+) -> BinTable:
     """Read the WOE of every bin off optbinning by transforming one representative value per bin."""
 
     def woe(values: np.ndarray) -> np.ndarray:
-        return np.asarray(ob.transform(np.asarray(values, dtype=np.float64), metric="woe", metric_missing="empirical"), dtype=np.float64)
+        return np.asarray(
+            ob.transform(np.asarray(values, dtype=np.float64), metric="woe", metric_missing="empirical"),
+            dtype=np.float64,
+        )
 
     missing_woe = float(woe(np.array([np.nan]))[0])
     bt = ob.binning_table.build()
     missing_count = int(bt.loc[bt["Bin"].astype(str) == "Missing", "Count"].iloc[0])
     if kind == "numeric":
-        splits = np.asarray(ob.splits, dtype=np.float64)
+        splits = np.array(ob.splits, dtype=np.float64)  # a copy: the table must not alias optbinning state
         # A value equal to a split lies in the bin above it ([a, b) bins); below the first split, the first bin.
         probes = np.r_[np.nextafter(splits[0], -np.inf), splits] if len(splits) else np.zeros(1)
         table_woe = woe(probes)
         counts = bt["Count"].to_numpy()[: len(table_woe)].astype(np.int64)
         attainable = table_woe[counts > 0]
-        t = BinTable(name=name, column=column, kind="numeric", missing_woe=missing_woe, splits=splits, woe=table_woe)
+        t = BinTable(
+            name=name, column=column, kind="numeric", missing_woe=missing_woe, splits=splits, woe=table_woe
+        )
     else:
         clean = x_train[~np.isnan(x_train) & ~np.isin(x_train, missing_codes)]
         codes = np.unique(clean)
@@ -194,15 +207,23 @@ def _probe_table(ob: OptimalBinning, *, name: str, column: int, kind: str, x_tra
         unknown_woe = float(woe(np.array([unseen]))[0])
         attainable = code_woe
         t = BinTable(
-            name=name, column=column, kind="categorical", missing_woe=missing_woe, codes=codes, code_woe=code_woe,
-            unknown_woe=unknown_woe, missing_codes=missing_codes,
-        )  # fmt: skip
+            name=name,
+            column=column,
+            kind="categorical",
+            missing_woe=missing_woe,
+            codes=codes,
+            code_woe=code_woe,
+            unknown_woe=unknown_woe,
+            missing_codes=missing_codes,
+        )
     t.attainable_woe = np.unique(np.r_[attainable, [missing_woe] if missing_count > 0 else []])
     return t
 
 
 # --- fitting -------------------------------------------------------------------------------------
-def _fit_binning(name: str, x: np.ndarray, y: np.ndarray, categorical: bool, cfg: BinningConfig) -> OptimalBinning:
+def _fit_binning(
+    name: str, x: np.ndarray, y: np.ndarray, categorical: bool, cfg: BinningConfig
+) -> OptimalBinning:
     ob = OptimalBinning(
         name=name,
         dtype="categorical" if categorical else "numerical",
@@ -227,7 +248,9 @@ def _as_frame(raw: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
         raise TypeError(f"raw must be a pandas DataFrame (FeatureSet.raw), got {type(raw).__name__}")
     missing = [c for c in columns if c not in raw.columns]
     if missing:
-        raise ValueError(f"raw is missing {len(missing)} characteristic(s) the scorecard needs: {missing[:5]}")
+        raise ValueError(
+            f"raw is missing {len(missing)} characteristic(s) the scorecard needs: {missing[:5]}"
+        )
     return raw
 
 
@@ -288,7 +311,9 @@ class Scorecard:
             raise TypeError(f"train must be a pandas DataFrame (FeatureSet.raw), got {type(train).__name__}")
         raw_features = [str(c) for c in train.columns]
         if len(set(raw_features)) != len(raw_features):
-            raise ValueError(f"train has duplicate columns: {sorted({c for c in raw_features if raw_features.count(c) > 1})}")
+            raise ValueError(
+                f"train has duplicate columns: {sorted({c for c in raw_features if raw_features.count(c) > 1})}"
+            )
         unknown = [c for c in categorical if c not in train.columns]
         if unknown:
             raise ValueError(f"categorical columns not in train: {unknown}")
@@ -297,7 +322,9 @@ class Scorecard:
             raise ValueError(f"y_train has {len(y)} labels for {len(train)} rows")
         bad = ~np.isin(y, (0.0, 1.0))
         if bad.any():
-            raise ValueError(f"y_train must be 0/1, got {y[bad][0]!r} at row {int(np.flatnonzero(bad)[0])}")
+            raise ValueError(
+                f"y_train must be 0/1, got {float(y[bad][0]):g} at row {int(np.flatnonzero(bad)[0])}"
+            )
         if y.min() == y.max():
             raise ValueError(f"y_train has a single class ({y[0]:g}): nothing to learn")
         y = y.astype(np.int64)
@@ -322,8 +349,16 @@ class Scorecard:
         for c in raw_features:
             ob = binnings[c]
             ok = ob.status in {"OPTIMAL", "FEASIBLE"}
-            iv = float(ob.binning_table.build().loc["Totals", "IV"]) if ok else float("nan")
-            rows.append({"characteristic": c, "categorical": c in cats, "status": ob.status, "iv": iv, "n_bins": len(ob.splits) + (0 if c in cats else 1)})
+            bt = ob.binning_table.build() if ok else None
+            rows.append(
+                {
+                    "characteristic": c,
+                    "categorical": c in cats,
+                    "status": ob.status,
+                    "iv": float(bt.loc["Totals", "IV"]) if bt is not None else float("nan"),
+                    "n_bins": len(bt) - 3 if bt is not None else 0,  # less Special, Missing, Totals
+                }
+            )
         summary = pd.DataFrame(rows).set_index("characteristic")
         summary["selected"] = False
         summary["dropped"] = ""
@@ -340,11 +375,13 @@ class Scorecard:
         woe = {c: _optb_woe(binnings[c], inputs[c]) for c in candidates}
         usable = [c for c in candidates if np.std(woe[c]) > 0]
         summary.loc[[c for c in candidates if c not in usable], "dropped"] = "constant WOE"
+        if not usable:
+            raise ValueError(f"no characteristic has a non-constant WOE among {len(candidates)} candidates")
         # WOE is ln(good share / bad share): a characteristic must lower the PD as its WOE rises. A
         # positive coefficient is collinearity at work and would give riskier bins more points. The
         # offender leaves and the correlation filter runs again, so that peers it had shut out (often
         # near-copies of it) can take its place.
-        corr = np.abs(np.corrcoef(np.column_stack([woe[c] for c in usable]), rowvar=False)) if usable else np.zeros((0, 0))
+        corr = np.atleast_2d(np.abs(np.corrcoef(np.column_stack([woe[c] for c in usable]), rowvar=False)))
         wrong_sign: dict[str, str] = {}
         while True:
             kept, why = _select(usable, corr, exclude=wrong_sign, sel=cfg.selection)
@@ -361,9 +398,13 @@ class Scorecard:
         tables = {}
         for c in kept:
             t = _probe_table(
-                binnings[c], name=c, column=raw_features.index(c), kind="categorical" if c in cats else "numeric",
-                x_train=columns[c], missing_codes=missing_codes if c in cats else (),
-            )  # fmt: skip
+                binnings[c],
+                name=c,
+                column=raw_features.index(c),
+                kind="categorical" if c in cats else "numeric",
+                x_train=columns[c],
+                missing_codes=missing_codes if c in cats else (),
+            )
             # The graph is built from these tables: they must reproduce optbinning on every training row.
             got = t.apply(columns[c])
             if not np.array_equal(got, woe[c]):
@@ -375,9 +416,17 @@ class Scorecard:
             tables[c] = t
 
         card = cls(
-            config=cfg, raw_features=raw_features, categorical=list(categorical), binnings=binnings, tables=tables,
-            selected=kept, coef=coef, intercept=float(lr.intercept_[0]), summary=summary, vocabulary=vocabulary,
-        )  # fmt: skip
+            config=cfg,
+            raw_features=raw_features,
+            categorical=list(categorical),
+            binnings=binnings,
+            tables=tables,
+            selected=kept,
+            coef=coef,
+            intercept=float(lr.intercept_[0]),
+            summary=summary,
+            vocabulary=vocabulary,
+        )
         card.fit_seconds = time.perf_counter() - start
         return card
 
@@ -402,7 +451,9 @@ class Scorecard:
     def characteristic_points(self, raw: pd.DataFrame) -> pd.DataFrame:
         """Points each selected characteristic contributes; rows sum to `points(raw)`."""
         w = self.woe(raw)
-        return pd.DataFrame(w.to_numpy() * self._point_slope + self._point_shift, index=w.index, columns=self.selected)
+        return pd.DataFrame(
+            w.to_numpy() * self._point_slope + self._point_shift, index=w.index, columns=self.selected
+        )
 
     def points(self, raw: pd.DataFrame) -> np.ndarray:
         """Total score per row (higher = safer): offset + factor * ln(odds good:bad)."""
@@ -417,7 +468,10 @@ class Scorecard:
     def max_points(self) -> np.ndarray:
         """Best points attainable per selected characteristic (over bins that held training rows)."""
         return np.array(
-            [(self.tables[c].attainable_woe * self._point_slope[j]).max() + self._point_shift for j, c in enumerate(self.selected)]
+            [
+                (self.tables[c].attainable_woe * self._point_slope[j]).max() + self._point_shift
+                for j, c in enumerate(self.selected)
+            ]
         )
 
     def reason_codes(self, raw: pd.DataFrame, k: int | None = None) -> list[list[str]]:
@@ -452,7 +506,8 @@ class Scorecard:
         for j, c in enumerate(self.selected):
             t = self.tables[c]
             bt = self.binnings[c].binning_table.build().drop(index="Totals")
-            bins = [r for r in bt.to_dict("records") if str(r["Bin"]) != "Special"]  # no special codes configured
+            # No special codes are configured: the Special row is always empty.
+            bins = [r for r in bt.to_dict("records") if str(r["Bin"]) != "Special"]
             total = sum(int(r["Count"]) for r in bins)
             entries = []  # (label, count, event rate, WOE, IV)
             for i, r in enumerate(bins):
@@ -470,18 +525,31 @@ class Scorecard:
             if t.kind == "categorical":
                 entries.append(("(category not seen in training)", 0, float("nan"), t.unknown_woe, 0.0))
             for label, count, er, w, iv in entries:
-                rows.append({
-                    "characteristic": c, "bin": label, "count": count, "count_share": count / total,
-                    "event_rate": er, "woe": w, "iv": iv, "coefficient": float(self.coef[j]),
-                    "points": w * self._point_slope[j] + self._point_shift,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "characteristic": c,
+                        "bin": label,
+                        "count": count,
+                        "count_share": count / total,
+                        "event_rate": er,
+                        "woe": w,
+                        "iv": iv,
+                        "coefficient": float(self.coef[j]),
+                        "points": w * self._point_slope[j] + self._point_shift,
+                    }
+                )
         return pd.DataFrame(rows)
 
     def _labels(self, name: str, codes: np.ndarray) -> str:
         vocab = self.vocabulary.get(name)
         if not vocab:
             return "[" + ", ".join(f"{x:g}" for x in codes) + "]"
-        names = [vocab[int(x)] if 0 <= x < len(vocab) and x == int(x) else ("unknown" if x == UNKNOWN_CODE else f"{x:g}") for x in codes]
+        names = [
+            vocab[int(x)]
+            if 0 <= x < len(vocab) and x == int(x)
+            else ("unknown" if x == UNKNOWN_CODE else f"{x:g}")
+            for x in codes
+        ]
         return "[" + ", ".join(names) + "]"
 
     # --- ONNX -----------------------------------------------------------------------------------
@@ -554,10 +622,7 @@ def reasons_from_points(points: np.ndarray, table: Sequence[Mapping[str, Any]], 
         raise ValueError(f"points must be [N, {len(names)}], got shape {points.shape}")
     shortfall = best[None, :] - points
     order = np.argsort(-shortfall, axis=1, kind="stable")[:, :k]
-    return [
-        [names[j] for j in row if shortfall[i, j] > _SHORTFALL_EPS]
-        for i, row in enumerate(order)
-    ]
+    return [[names[j] for j in row if shortfall[i, j] > _SHORTFALL_EPS] for i, row in enumerate(order)]
 
 
 # --- ONNX graph ------------------------------------------------------------------------------------
@@ -573,9 +638,9 @@ def _build_onnx(card: Scorecard, input_dtype: str) -> onnx.ModelProto:
         nodes.append(helper.make_node(op, inputs, [output], name=f"{op}_{output}", **attrs))
         return output
 
-    elem = TensorProto.DOUBLE if input_dtype == "float64" else TensorProto.FLOAT
     if input_dtype not in {"float64", "float32"}:
         raise ValueError(f"input_dtype must be float64 or float32, got {input_dtype!r}")
+    elem = TensorProto.DOUBLE if input_dtype == "float64" else TensorProto.FLOAT
     x_all = "raw" if input_dtype == "float64" else node("Cast", ["raw"], "raw_f64", to=TensorProto.DOUBLE)
     axis1 = const("axis1", [1], np.int64)
     woe_cols = []
@@ -587,15 +652,31 @@ def _build_onnx(card: Scorecard, input_dtype: str) -> onnx.ModelProto:
         if t.kind == "numeric" and len(t.splits):
             # Bin index = number of splits <= x: np.digitize(right=False), i.e. [a, b) bins.
             ge = node("GreaterOrEqual", [xc, const(f"{p}_splits", t.splits[None, :])], f"{p}_ge")
-            idx = node("ReduceSum", [node("Cast", [ge], f"{p}_ge_i", to=TensorProto.INT64), axis1], f"{p}_idx", keepdims=0)
+            idx = node(
+                "ReduceSum",
+                [node("Cast", [ge], f"{p}_ge_i", to=TensorProto.INT64), axis1],
+                f"{p}_idx",
+                keepdims=0,
+            )
             w = node("Gather", [const(f"{p}_woe", t.woe), idx], f"{p}_bin_woe", axis=0)
         elif t.kind == "numeric":
-            w = node("Where", [node("IsNaN", [x], f"{p}_isnan0"), const(f"{p}_woe", t.woe[0]), const(f"{p}_woe0", t.woe[0])], f"{p}_bin_woe")
+            # A single bin: its WOE broadcast to the batch (Where broadcasts; NaN is handled below).
+            only = const(f"{p}_woe", t.woe[0])
+            w = node("Where", [node("IsNaN", [x], f"{p}_isnan0"), only, only], f"{p}_bin_woe")
         else:
             # One-hot against the training codes; exactly one term is non-zero, so the MatMul is exact.
-            hit = node("Cast", [node("Equal", [xc, const(f"{p}_codes", t.codes[None, :])], f"{p}_eq")], f"{p}_hit", to=TensorProto.DOUBLE)
+            hit = node(
+                "Cast",
+                [node("Equal", [xc, const(f"{p}_codes", t.codes[None, :])], f"{p}_eq")],
+                f"{p}_hit",
+                to=TensorProto.DOUBLE,
+            )
             val = node("MatMul", [hit, const(f"{p}_code_woe", t.code_woe)], f"{p}_code_val")
-            seen = node("Greater", [node("ReduceSum", [hit, axis1], f"{p}_nhit", keepdims=0), const(f"{p}_zero", 0.0)], f"{p}_seen")
+            seen = node(
+                "Greater",
+                [node("ReduceSum", [hit, axis1], f"{p}_nhit", keepdims=0), const(f"{p}_zero", 0.0)],
+                f"{p}_seen",
+            )
             w = node("Where", [seen, val, const(f"{p}_unknown_woe", t.unknown_woe)], f"{p}_bin_woe")
         missing = node("IsNaN", [x], f"{p}_isnan")
         for i, code in enumerate(t.missing_codes):
@@ -604,9 +685,20 @@ def _build_onnx(card: Scorecard, input_dtype: str) -> onnx.ModelProto:
         w = node("Where", [missing, const(f"{p}_missing_woe", t.missing_woe), w], f"{p}_woe_final")
         woe_cols.append(node("Unsqueeze", [w, axis1], f"{p}_woe_col"))
     woe = node("Concat", woe_cols, "woe", axis=1) if len(woe_cols) > 1 else node("Identity", woe_cols, "woe")
-    logit = node("Add", [node("MatMul", [woe, const("coef", card.coef)], "lin"), const("intercept", card.intercept)], "logit")
+    logit = node(
+        "Add",
+        [node("MatMul", [woe, const("coef", card.coef)], "lin"), const("intercept", card.intercept)],
+        "logit",
+    )
     node("Sigmoid", [logit], "pd")
-    pts = node("Add", [node("Mul", [woe, const("point_slope", card._point_slope[None, :])], "pts_lin"), const("point_shift", card._point_shift)], "points")
+    pts = node(
+        "Add",
+        [
+            node("Mul", [woe, const("point_slope", card._point_slope[None, :])], "pts_lin"),
+            const("point_shift", card._point_shift),
+        ],
+        "points",
+    )
     node("ReduceSum", [pts, axis1], "score", keepdims=0)
 
     graph = helper.make_graph(
@@ -625,21 +717,27 @@ def _build_onnx(card: Scorecard, input_dtype: str) -> onnx.ModelProto:
         graph,
         opset_imports=opset,
         producer_name="govrisk.training.scorecard",
-        ir_version=helper.find_min_ir_version_for(opset),  # the oldest runtime that knows opset 17 can load it
+        # The lowest IR version that carries opset 17: any runtime that knows the opset loads it.
+        ir_version=helper.find_min_ir_version_for(opset),
         doc_string="WOE logistic scorecard: raw characteristics -> PD, score, points per characteristic",
     )
-    helper.set_model_props(model, {
-        "govrisk.raw_features": json.dumps(card.raw_features),
-        "govrisk.selected": json.dumps(card.selected),
-        "govrisk.reason_code_table": json.dumps(card.reason_code_table()),
-        "govrisk.reason_codes": str(card.config.reason_codes),
-        "govrisk.scaling": card.config.scaling.model_dump_json(),
-    })  # fmt: skip
+    helper.set_model_props(
+        model,
+        {
+            "govrisk.raw_features": json.dumps(card.raw_features),
+            "govrisk.selected": json.dumps(card.selected),
+            "govrisk.reason_code_table": json.dumps(card.reason_code_table()),
+            "govrisk.reason_codes": str(card.config.reason_codes),
+            "govrisk.scaling": card.config.scaling.model_dump_json(),
+        },
+    )
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def export_onnx(card: Scorecard, path: str | Path, check_raw: pd.DataFrame, *, atol: float = 1e-5) -> dict[str, Any]:
+def export_onnx(
+    card: Scorecard, path: str | Path, check_raw: pd.DataFrame, *, atol: float = 1e-5
+) -> dict[str, Any]:
     """Write `card.to_onnx()` to `path` after checking it with onnxruntime against `predict_proba` on
     the first 10,000 rows of `check_raw`; raises `OnnxParityError` (max |Δ|, row) beyond `atol`."""
     import onnxruntime as ort
@@ -662,7 +760,14 @@ def export_onnx(card: Scorecard, path: str | Path, check_raw: pd.DataFrame, *, a
             f"{int((diff > atol).sum())} of {len(diff)} rows differ"
         )
     score_diff = float(np.max(np.abs(score_onnx - card.points(check))))
+    points_diff = float(np.max(np.abs(points_onnx - card.characteristic_points(check).to_numpy())))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, path)
-    return {"max_abs_diff": float(diff[worst]), "max_abs_score_diff": score_diff, "rows": len(check), "path": str(path)}
+    return {
+        "max_abs_diff": float(diff[worst]),
+        "max_abs_score_diff": score_diff,
+        "max_abs_points_diff": points_diff,
+        "rows": len(check),
+        "path": str(path),
+    }

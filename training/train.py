@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import pickle
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +32,7 @@ from training.metrics import evaluate
 from training.registry import lineage, register, sha256_file
 
 SPLITS = ("train", "val", "oot")
+RUN_DIR_ENV = "GOVRISK_RUN_DIR"
 
 
 @dataclass
@@ -179,6 +182,8 @@ def _fit_net(
         callbacks=callbacks,
     )
     names = list(fit.calibrated.net.input_names)
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        return {"max_abs_diff": float("nan"), "rows": 0}, names  # export and files are rank 0's
     example = tuple(torch.from_numpy(getattr(check, k)[:2]) for k in names)
     parity = export_onnx(
         fit.calibrated,
@@ -204,6 +209,21 @@ def _fit_net(
     return parity, names
 
 
+@contextlib.contextmanager
+def _shared_run_dir(cfg: ExperimentConfig, config_hash: str) -> Iterator[Path]:
+    """The run folder. DDP relaunches this process once per rank, and every rank must use the
+    folder rank 0 chose: it travels in an environment variable that the relaunched ranks inherit."""
+    owner = RUN_DIR_ENV not in os.environ
+    if owner:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        os.environ[RUN_DIR_ENV] = str(work_dir() / "runs" / cfg.name / f"{stamp}-{config_hash[:8]}")
+    try:
+        yield Path(os.environ[RUN_DIR_ENV])
+    finally:
+        if owner:
+            os.environ.pop(RUN_DIR_ENV, None)
+
+
 def train(
     cfg: ExperimentConfig,
     params: BaseModel,
@@ -215,6 +235,7 @@ def train(
     """Train, export, evaluate and (optionally) register one model; returns where it all went."""
     t0 = time.perf_counter()
     kind = cfg.model.kind
+    callbacks = callbacks or []
     resolved = resolved_dict(cfg, params)
     config_hash = _config_hash(resolved)
 
@@ -227,42 +248,43 @@ def train(
     features = builder.transform(a, ds.monthly)
     parts = {name: features.take(r) for name, r in rows.items()}
 
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    run_dir = work_dir() / "runs" / cfg.name / f"{stamp}-{config_hash[:8]}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    builder.save(run_dir / "feature_schema.json")
+    with _shared_run_dir(cfg, config_hash) as run_dir:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        builder.save(run_dir / "feature_schema.json")
 
-    # Parity of the exported graph is checked on up to `parity_rows` applicants of every split.
-    check = features.take(np.random.default_rng(cfg.seed).permutation(len(features))[: cfg.parity_rows])
-    t_fit = time.perf_counter()
-    if kind == "scorecard":
-        parity, input_names = _fit_scorecard(params, parts, check, builder, run_dir, cfg)
-    else:
-        parity, input_names = _fit_net(params, parts, check, run_dir, cfg, callbacks or [], devices, strategy)
-    fit_seconds = time.perf_counter() - t_fit
+        # Parity of the exported graph is checked on up to `parity_rows` applicants of every split.
+        check = features.take(np.random.default_rng(cfg.seed).permutation(len(features))[: cfg.parity_rows])
+        t_fit = time.perf_counter()
+        if kind == "scorecard":
+            parity, input_names = _fit_scorecard(params, parts, check, builder, run_dir, cfg)
+        else:
+            parity, input_names = _fit_net(params, parts, check, run_dir, cfg, callbacks, devices, strategy)
+        fit_seconds = time.perf_counter() - t_fit
+        if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+            return RunResult(run_dir=run_dir, metrics={}, tag=None, onnx_parity=parity)  # rank 0 reports
 
-    metrics: dict[str, float] = {}
-    for name, fs in parts.items():
-        metrics |= evaluate(fs.labels, _onnx_predict(run_dir / "model.onnx", fs, input_names), name)
-    report = {
-        "model": kind,
-        "metrics": metrics,
-        "fit_seconds": fit_seconds,
-        "total_seconds": time.perf_counter() - t0,
-        "onnx": parity | {"sha256": sha256_file(run_dir / "model.onnx"), "inputs": input_names},
-        "splits": {name: len(r) for name, r in rows.items()},
-    }
-    (run_dir / "metrics.json").write_text(json.dumps(report, indent=1))
-    lin = lineage(data_hash=data_hash, config_hash=config_hash, seed=cfg.seed, dataset=str(ds.path))
-    (run_dir / "lineage.json").write_text(json.dumps(lin, indent=1))
+        metrics: dict[str, float] = {}
+        for name, fs in parts.items():
+            metrics |= evaluate(fs.labels, _onnx_predict(run_dir / "model.onnx", fs, input_names), name)
+        report = {
+            "model": kind,
+            "metrics": metrics,
+            "fit_seconds": fit_seconds,
+            "total_seconds": time.perf_counter() - t0,
+            "onnx": parity | {"sha256": sha256_file(run_dir / "model.onnx"), "inputs": input_names},
+            "splits": {name: len(r) for name, r in rows.items()},
+        }
+        (run_dir / "metrics.json").write_text(json.dumps(report, indent=1))
+        lin = lineage(data_hash=data_hash, config_hash=config_hash, seed=cfg.seed, dataset=str(ds.path))
+        (run_dir / "lineage.json").write_text(json.dumps(lin, indent=1))
 
-    tag = None
-    if cfg.register_model:
-        name = f"{ds.contract.name}-{kind}"
-        tag = register(run_dir, name=name, kind=kind, metrics=metrics, lineage_=lin)
-        (run_dir / "model_tag.txt").write_text(tag + "\n")
-    return RunResult(run_dir=run_dir, metrics=metrics, tag=tag, onnx_parity=parity)
+        tag = None
+        if cfg.register_model:
+            name = f"{ds.contract.name}-{kind}"
+            tag = register(run_dir, name=name, kind=kind, metrics=metrics, lineage_=lin)
+            (run_dir / "model_tag.txt").write_text(tag + "\n")
+        return RunResult(run_dir=run_dir, metrics=metrics, tag=tag, onnx_parity=parity)
 
 
 def predictions(run_dir: Path, applicants: pd.DataFrame, monthly: dict[str, pd.DataFrame]) -> np.ndarray:
