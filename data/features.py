@@ -28,11 +28,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data.contract import MONTH, ColumnSpec, Contract, load_contract
-from govrisk.paths import config_path
+from govrisk.paths import load_config
 
 SCHEMA_VERSION = 1
 UNKNOWN = "__unknown__"
@@ -73,12 +72,7 @@ class FeatureConfig(BaseModel):
 
 def load_feature_config(name_or_path: str | Path, **overrides: Any) -> FeatureConfig:
     """Load `configs/features/<name>.yaml` (or a path) with optional key overrides."""
-    path = config_path("features", name_or_path)
-    raw = yaml.safe_load(path.read_text()) | overrides
-    try:
-        return FeatureConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ValueError(f"invalid feature config {path}:\n{e}") from None
+    return load_config("features", name_or_path, FeatureConfig, **overrides)
 
 
 @dataclass

@@ -25,13 +25,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import Progress
 
 from data.contract import load_contract
 from data.store import DatasetWriter
-from govrisk.paths import config_path
+from govrisk.paths import load_config
 
 TRUTH_TABLE = "truth"
 TRUTH_SCHEMA = pa.schema([pa.field("applicant_id", pa.string()), pa.field("true_pd", pa.float64())])
@@ -158,12 +157,7 @@ class GeneratorConfig(_Strict):
 
 def load_generator_config(name_or_path: str | Path, **overrides: Any) -> GeneratorConfig:
     """Load `configs/generator/<name>.yaml` (or a path); errors name the offending key."""
-    path = config_path("generator", name_or_path)
-    raw = yaml.safe_load(path.read_text()) | overrides
-    try:
-        return GeneratorConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ValueError(f"invalid generator config {path}:\n{e}") from None
+    return load_config("generator", name_or_path, GeneratorConfig, **overrides)
 
 
 def month_index(ym: str) -> int:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = REPO_ROOT / "configs"
@@ -26,3 +32,14 @@ def config_path(kind: str, name_or_path: str | Path) -> Path:
         known = sorted(x.stem for x in (CONFIGS / kind).glob("*.yaml"))
         raise FileNotFoundError(f"no {kind} config named {name_or_path!r}; known: {known}")
     return candidate
+
+
+def load_config(kind: str, name_or_path: str | Path, model: type[M], **overrides: Any) -> M:
+    """Read `configs/<kind>/<name>.yaml` (or a path), apply top-level overrides, validate with the
+    pydantic `model`; a bad key or value raises ValueError naming the file and the key."""
+    path = config_path(kind, name_or_path)
+    raw = (yaml.safe_load(path.read_text()) or {}) | overrides
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise ValueError(f"invalid {kind} config {path}:\n{e}") from None

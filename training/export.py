@@ -128,7 +128,7 @@ def export_onnx(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
                 _torchscript_export(module, args, path, names, opset)
-        except Exception as first:  # noqa: BLE001 - any failure: try the other exporter, report both
+        except Exception as first:
             exporter = "dynamo"
             try:
                 with redirect_stdout(io.StringIO()):  # the dynamo exporter prints progress

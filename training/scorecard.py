@@ -35,15 +35,14 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 import pandas as pd
-import yaml
 from onnx import TensorProto, helper, numpy_helper
 from optbinning import OptimalBinning
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from govrisk.paths import config_path
+from govrisk.paths import load_config
 
 ONNX_OPSET = 17
 ONNX_CHECK_ROWS = 10_000
@@ -125,12 +124,7 @@ class ScorecardConfig(_Strict):
 
 def load_scorecard_config(name_or_path: str | Path = "scorecard", **overrides: Any) -> ScorecardConfig:
     """Load `configs/model/<name>.yaml` (or a path) with optional top-level key overrides."""
-    path = config_path("model", name_or_path)
-    raw = yaml.safe_load(path.read_text()) | overrides
-    try:
-        return ScorecardConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ValueError(f"invalid scorecard config {path}:\n{e}") from None
+    return load_config("model", name_or_path, ScorecardConfig, **overrides)
 
 
 # --- bin tables --------------------------------------------------------------------------------
