@@ -29,7 +29,7 @@ def experiment(dataset: Path, kind: str, **params) -> dict:
     }
 
 
-FAST_NET = {"trainer": {"max_epochs": 2, "patience": 1, "batch_size": 256}}
+FAST_NET = {"trainer": {"max_epochs": 4, "patience": 2, "batch_size": 256}}
 
 
 @pytest.fixture(scope="module")
