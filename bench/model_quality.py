@@ -25,7 +25,7 @@ from data.store import read_table
 from govrisk.paths import CONFIGS
 from training.config import experiment_from_dict
 from training.metrics import evaluate
-from training.train import load_data, split_indices, train
+from training.train import load_data, prepare, split_indices, train
 
 MODELS = ("scorecard", "tabular", "cnn")
 LGBM = {"n_estimators": 2000, "learning_rate": 0.03, "num_leaves": 31, "min_child_samples": 50,
@@ -49,13 +49,7 @@ def lightgbm_reference(raw_cfg: dict) -> tuple[dict[str, float], float]:
     import lightgbm as lgb
 
     cfg, _ = experiment_from_dict(raw_cfg)
-    ds, _ = load_data(cfg.data)
-    rows = split_indices(ds, cfg.split)
-    a = ds.applicants
-    builder = FeatureBuilder.from_config(cfg.data.features).fit(
-        a.iloc[rows["train"]].reset_index(drop=True), ds.monthly
-    )
-    fs = builder.transform(a, ds.monthly)
+    _, _, rows, _, fs = prepare(cfg)
     t = time.perf_counter()
     model = lgb.LGBMClassifier(**LGBM, random_state=cfg.seed)
     tr, va = rows["train"], rows["val"]

@@ -73,20 +73,22 @@ class TrainerConfig(_Strict):
 Calibration = Literal["platt", "temperature", "none"]
 
 
-class CnnConfig(_Strict):
+class _NetConfig(_Strict):
+    """What every network's config has beside its `net` section."""
+
+    optim: OptimConfig
+    trainer: TrainerConfig
+    calibration: Calibration = "platt"
+
+
+class CnnConfig(_NetConfig):
     kind: Literal["cnn"] = "cnn"
     net: CnnNetConfig
-    optim: OptimConfig
-    trainer: TrainerConfig
-    calibration: Calibration = "platt"
 
 
-class TabularConfig(_Strict):
+class TabularConfig(_NetConfig):
     kind: Literal["tabular"] = "tabular"
     net: TabularNetConfig
-    optim: OptimConfig
-    trainer: TrainerConfig
-    calibration: Calibration = "platt"
 
 
 ModelConfig = CnnConfig | TabularConfig
@@ -411,12 +413,15 @@ class RiskModule(L.LightningModule):
         if hp.schedule == "none":
             return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        if total < 4:  # too few steps to warm up and anneal (a smoke test): constant lr
+            return opt
         if hp.schedule == "onecycle":
+            # OneCycleLR divides by its warmup length in steps, which must be >= 2.
             sched = torch.optim.lr_scheduler.OneCycleLR(
                 opt,
                 max_lr=hp.lr,
                 total_steps=total,
-                pct_start=max(hp.warmup_frac, 1e-3),
+                pct_start=min(max(hp.warmup_frac, 2 / total), 0.5),
                 anneal_strategy="cos",
             )
         else:
@@ -467,7 +472,7 @@ def fit_calibration(
         return loss
 
     opt.step(closure)
-    a_val, b_val = float(log_a.exp()), float(b)
+    a_val, b_val = float(log_a.detach().exp()), float(b.detach())
     if not (math.isfinite(a_val) and math.isfinite(b_val)):
         raise RuntimeError(f"calibration diverged: {a_val=} {b_val=}")
     return a_val, b_val

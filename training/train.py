@@ -112,6 +112,17 @@ def split_indices(ds: Dataset, spec: SplitSpec) -> dict[str, np.ndarray]:
     return parts
 
 
+def prepare(cfg: ExperimentConfig) -> tuple[Dataset, str, dict[str, np.ndarray], FeatureBuilder, FeatureSet]:
+    """Data (hash verified), split rows, the feature builder fitted on train rows, all features."""
+    ds, data_hash = load_data(cfg.data)
+    rows = split_indices(ds, cfg.split)
+    a = ds.applicants
+    builder = FeatureBuilder.from_config(cfg.data.features).fit(
+        a.iloc[rows["train"]].reset_index(drop=True), ds.monthly
+    )
+    return ds, data_hash, rows, builder, builder.transform(a, ds.monthly)
+
+
 def _config_hash(resolved: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
 
@@ -239,13 +250,7 @@ def train(
     resolved = resolved_dict(cfg, params)
     config_hash = _config_hash(resolved)
 
-    ds, data_hash = load_data(cfg.data)
-    rows = split_indices(ds, cfg.split)
-    a = ds.applicants
-    builder = FeatureBuilder.from_config(cfg.data.features).fit(
-        a.iloc[rows["train"]].reset_index(drop=True), ds.monthly
-    )
-    features = builder.transform(a, ds.monthly)
+    ds, data_hash, rows, builder, features = prepare(cfg)
     parts = {name: features.take(r) for name, r in rows.items()}
 
     with _shared_run_dir(cfg, config_hash) as run_dir:
