@@ -121,7 +121,10 @@ def cnn_epoch_seconds(n: int = 100_000) -> float:
     a = ds.applicants.iloc[:n].reset_index(drop=True)
     fs = FeatureBuilder.from_config(cfg.data.features).fit(a, ds.monthly).transform(a, ds.monthly)
     params = resolve_model_params("cnn", {})
-    net = build_net("cnn", params.net, n_channels=fs.sequence.shape[2], n_static=fs.static.shape[1])
+    net = build_net(
+        "cnn", params.net, n_channels=fs.sequence.shape[2], n_static=fs.static.shape[1],
+        static_train=fs.static, sequence_train=fs.sequence,
+    )  # fmt: skip
     module = RiskModule(net, lr=params.optim.lr, weight_decay=params.optim.weight_decay, schedule="none")
     dm = RiskDataModule(
         fs, fs.take(np.arange(1000)), batch_size=params.trainer.batch_size, inputs=net.input_names
