@@ -31,7 +31,7 @@ from training.lightning import (
     load_model_config,
     predict_logits,
 )
-from training.nets import Calibrated, PiecewiseLinearEncoding, TabularNet, TemporalConvNet, build_net
+from training.nets import Calibrated, PiecewiseLinearEncoding, TabularNet, build_net
 
 # Tiny nets so a fit takes seconds; the learning rate is high because there are few steps.
 TINY_CNN = {
@@ -347,7 +347,7 @@ DDP_SCRIPT = textwrap.dedent(
 def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     """Lightning DDP (gloo, 2 processes) runs, and the logged val/auroc is the metric over ALL val rows
     (torchmetrics synced across ranks), not one rank's shard."""
-    out = tmp_path / "county"
+    out = tmp_path / "ddp_data"
     generate(load_generator_config("county"), n_applicants=2000, seed=1, out=out, progress=False)
     script = tmp_path / "ddp_fit.py"
     script.write_text(DDP_SCRIPT)
@@ -358,7 +358,7 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         env=env,
-        cwd=tmp_path,
+        cwd=REPO_ROOT,
         timeout=580,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
