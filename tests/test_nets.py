@@ -227,6 +227,9 @@ def test_sampler_shards_and_batches(world: int, monkeypatch: pytest.MonkeyPatch)
         tr.set_epoch(2)
         train_batches.append(len(list(tr)))
         assert train_batches[-1] == len(tr)
+        # A shard smaller than one batch still trains (drop_last only drops a ragged extra batch).
+        small = BatchIndexSampler(300, batch_size=512, shuffle=True, drop_last=True, pad=True)
+        assert len(list(small)) == len(small) == 1
     assert sorted(seen_eval) == list(range(n))  # evaluation: every row exactly once over the ranks
     assert len(set(train_batches)) == 1  # training: equal steps on every rank (DDP all-reduce)
     a, b = (
