@@ -42,6 +42,10 @@ TINY_CNN = {
         "dropout": 0.1,
         "static_hidden": 16,
         "static_to_sequence": 4,
+        "stem_hidden": 16,
+        "sequence_bins": 3,
+        "static_bins": 4,
+        "norm": "none",
         "head_hidden": 16,
         "ensemble_size": 2,
     },
@@ -85,20 +89,33 @@ def county(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureSet, Featur
 def fitted(county: tuple[FeatureSet, FeatureSet], tmp_path_factory: pytest.TempPathFactory) -> dict:
     train, val = county
     root = tmp_path_factory.mktemp("fits")
-    return {
-        "cnn": fit_net(CnnConfig.model_validate(TINY_CNN), train, val, default_root_dir=root / "cnn"),
-        "cnn_again": fit_net(CnnConfig.model_validate(TINY_CNN), train, val, default_root_dir=root / "cnn2"),
-        "tabular": fit_net(TabularConfig.model_validate(TINY_TAB), train, val, default_root_dir=root / "tab"),
-    }
+    # One thread: tiny batches gain nothing from two, and two stall badly when the box is shared.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {
+            "cnn": fit_net(CnnConfig.model_validate(TINY_CNN), train, val, default_root_dir=root / "cnn"),
+            "cnn_again": fit_net(
+                CnnConfig.model_validate(TINY_CNN), train, val, default_root_dir=root / "cnn2"
+            ),
+            "tabular": fit_net(
+                TabularConfig.model_validate(TINY_TAB), train, val, default_root_dir=root / "tab"
+            ),
+        }
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --- shapes -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_cnn_forward_shapes(k: int) -> None:
-    net = build_net("cnn", {**TINY_CNN["net"], "ensemble_size": k}, n_channels=21, n_static=30)
+@pytest.mark.parametrize(("k", "norm"), [(1, "none"), (3, "batch")])
+def test_cnn_forward_shapes(k: int, norm: str) -> None:
     seq, st = torch.randn(5, 24, 21), torch.randn(5, 30)
+    cfg = {**TINY_CNN["net"], "ensemble_size": k, "norm": norm}
+    net = build_net(
+        "cnn", cfg, n_channels=21, n_static=30, sequence_train=seq.numpy(), static_train=st.numpy()
+    )
     assert net(seq, st).shape == (5,)
     assert net.members(seq, st).shape == (5, k)
     assert net.receptive_field >= 24  # the last month sees the whole window

@@ -50,7 +50,7 @@ class CnnNetConfig(_Strict):
     stem_hidden: int = Field(default=0, ge=0, le=4096)
     sequence_bins: int = Field(default=0, ge=0, le=64)
     static_bins: int = Field(default=0, ge=0, le=64)
-    norm: Literal["batch", "none"] = "batch"
+    norm: Literal["batch", "none"] = "none"
     head_hidden: Width
     ensemble_size: int = Field(default=1, ge=1, le=64)
 
@@ -117,7 +117,11 @@ class CausalConv1d(nn.Conv1d):
 
 
 class TemporalBlock(nn.Module):
-    """Two dilated causal convolutions with batch norm and a residual connection (Bai et al. 2018)."""
+    """Two dilated causal convolutions (optional batch norm) and a residual connection (Bai et al. 2018).
+
+    The default is no norm: the same AUC on the county and Taiwan, ~40 % faster on CPU, and no
+    running statistics that differ between DDP processes or between training and evaluation.
+    """
 
     def __init__(self, *, channels: int, kernel_size: int, dilation: int, dropout: float, norm: str) -> None:
         super().__init__()
@@ -161,7 +165,7 @@ class TemporalConvNet(nn.Module):
         stem_hidden: int = 0,
         sequence_bins: int = 0,
         static_bins: int = 0,
-        norm: Literal["batch", "none"] = "batch",
+        norm: Literal["batch", "none"] = "none",
         ensemble_size: int = 1,
     ) -> None:
         super().__init__()
