@@ -31,7 +31,6 @@ from training.config import DataSpec, ExperimentConfig, SplitSpec, resolved_dict
 from training.metrics import evaluate
 from training.registry import lineage, register, sha256_file
 
-SPLITS = ("train", "val", "oot")
 RUN_DIR_ENV = "GOVRISK_RUN_DIR"
 
 
