@@ -1,0 +1,1 @@
+"""Research: Optuna tuning of the challengers and the champion-challenger governance report."""
