@@ -43,11 +43,11 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from govrisk.paths import load_config
+from govrisk.reasons import reasons_from_points  # re-exported: serving imports it from govrisk
 
 ONNX_OPSET = 17
 ONNX_CHECK_ROWS = 10_000
 UNKNOWN_CODE = -1.0  # FeatureBuilder's code for an unknown / unseen category
-_SHORTFALL_EPS = 1e-9  # shortfalls below this are rounding, not a reason
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -602,21 +602,6 @@ def _fit_regression(X: np.ndarray, y: np.ndarray, cfg: RegressionConfig) -> Logi
     # every L-BFGS step, 20-50x slower measured on a busy 2-core machine.
     with threadpool_limits(limits=1):
         return lr.fit(X, y)
-
-
-def reasons_from_points(points: np.ndarray, table: Sequence[Mapping[str, Any]], k: int) -> list[list[str]]:
-    """Reason codes from a points matrix [N, K] (the ONNX `points` output) and `reason_code_table()`.
-
-    Kept free of the Scorecard so serving can call it with the JSON table alone.
-    """
-    points = np.asarray(points, dtype=np.float64)
-    names = [r["characteristic"] for r in sorted(table, key=lambda r: r["index"])]
-    best = np.array([r["max_points"] for r in sorted(table, key=lambda r: r["index"])])
-    if points.ndim != 2 or points.shape[1] != len(names):
-        raise ValueError(f"points must be [N, {len(names)}], got shape {points.shape}")
-    shortfall = best[None, :] - points
-    order = np.argsort(-shortfall, axis=1, kind="stable")[:, :k]
-    return [[names[j] for j in row if shortfall[i, j] > _SHORTFALL_EPS] for i, row in enumerate(order)]
 
 
 # --- ONNX graph ------------------------------------------------------------------------------------

@@ -1,0 +1,204 @@
+"""Serving and credit-policy configuration: `configs/serving/*.yaml` and `configs/policy/*.yaml`.
+
+Both are strict pydantic models (`extra="forbid"`): an unknown key or a bad value fails at start-up,
+naming the file and the key, never at the first request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from govrisk.paths import load_config, work_dir
+
+CONFIG_ENV = "GOVRISK_SERVING_CONFIG"  # how `govrisk serve` and tests hand a config to `bentoml serve`
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoutingConfig(_Strict):
+    mode: Literal["shadow", "split", "champion_only"] = "shadow"
+    # split: the share of applicants decided by the challenger, drawn by hashing the applicant id
+    split_share: float = Field(default=0.1, ge=0, le=1)
+    salt: str = Field(default="govrisk-split-v1", min_length=1)  # change it to re-draw the arms
+
+
+class FaultInjection(_Strict):
+    """Test-only: make the challenger raise or sleep, to prove the champion does not wait for it.
+
+    Kept in configuration (not monkeypatching) so tests exercise the real server process.
+    """
+
+    mode: Literal["none", "raise", "sleep"] = "none"
+    sleep_ms: float = Field(default=0, ge=0, le=60_000)
+
+
+class ChallengerConfig(_Strict):
+    tag: str | None = "county-cnn:latest"  # null: no challenger
+    budget_ms: float = Field(default=15, gt=0, le=10_000)  # wait at most this long for its answer
+    fault: FaultInjection = FaultInjection()
+
+
+class AuthConfig(_Strict):
+    # sha256 hex digests of accepted API keys; raw keys are never written to configuration
+    key_hashes: tuple[str, ...] = ()
+    keys_env: str | None = "GOVRISK_API_KEYS"  # comma-separated raw keys, hashed at start-up
+
+    @model_validator(mode="after")
+    def _hex(self) -> AuthConfig:
+        for h in self.key_hashes:
+            if not _SHA256.match(h):
+                raise ValueError(f"auth.key_hashes: {h!r} is not a lower-case sha256 hex digest")
+        return self
+
+
+class DecisionLogConfig(_Strict):
+    url: str | None = None  # null: sqlite:///$GOVRISK_WORK/serving/decisions.db
+    table: str = Field(default="decisions", pattern=r"^[a-z_][a-z0-9_]*$")
+    schema_: str | None = Field(default=None, alias="schema", pattern=r"^[a-z_][a-z0-9_]*$")
+    # SQLite only: "full" fsyncs every commit (survives power loss); "normal" survives a killed
+    # process but not a power cut, and is what WAL mode is usually run with.
+    sqlite_synchronous: Literal["full", "normal"] = "full"
+    applicant_hash_salt: str = Field(default="govrisk-applicant-v1", min_length=1)
+
+    def resolved_url(self) -> str:
+        if self.url:
+            return self.url
+        return f"sqlite:///{work_dir() / 'serving' / 'decisions.db'}"
+
+
+class ServingConfig(_Strict):
+    name: str = "govrisk-scoring"
+    host: str = "127.0.0.1"
+    port: int = Field(default=3000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    champion: str = "county-scorecard:latest"
+    challenger: ChallengerConfig = ChallengerConfig()
+    routing: RoutingConfig = RoutingConfig()
+    policy: str = "county"  # configs/policy/<name>.yaml or a path
+    reason_codes: int = Field(default=4, ge=0, le=20)
+    max_batch: int = Field(default=1000, ge=1, le=100_000)  # applicants per /score_batch request
+    max_payload_kib: int = Field(default=256, ge=1)  # /score body
+    max_batch_payload_kib: int = Field(default=65_536, ge=1)  # /score_batch body
+    onnx_threads: int = Field(default=1, ge=1, le=64)  # per session; one applicant needs no more
+    auth: AuthConfig = AuthConfig()
+    decision_log: DecisionLogConfig = DecisionLogConfig()
+
+    def key_hashes(self) -> frozenset[str]:
+        """Accepted key digests: the configured ones plus those of the keys in `auth.keys_env`."""
+        hashes = set(self.auth.key_hashes)
+        if self.auth.keys_env:
+            for key in os.environ.get(self.auth.keys_env, "").split(","):
+                if key.strip():
+                    hashes.add(hash_key(key.strip()))
+        return frozenset(hashes)
+
+
+def hash_key(key: str) -> str:
+    """The stored form of an API key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_accepted(key: str | None, hashes: frozenset[str]) -> bool:
+    """Constant-time check of a presented key against the stored digests."""
+    if not key:
+        return False
+    digest = hash_key(key)
+    return any(hmac.compare_digest(digest, h) for h in hashes)
+
+
+def load_serving_config(name_or_path: str | Path | None = None, **overrides: Any) -> ServingConfig:
+    """`configs/serving/<name>.yaml` (or a path); default: `$GOVRISK_SERVING_CONFIG`, else `default`."""
+    name_or_path = name_or_path or os.environ.get(CONFIG_ENV) or "default"
+    return load_config("serving", name_or_path, ServingConfig, **overrides)
+
+
+# --- the credit policy ---------------------------------------------------------------------------
+Decision = Literal["approve", "refer", "decline"]
+
+
+class HardRule(_Strict):
+    """A rule checked before any PD cut-off; the first rule that fires decides.
+
+    `field` is an applicant field or a raw characteristic of the feature schema
+    (e.g. `tax_monthly.tax_arrears__last`); it fires on `equals`, `at_least` or `at_most`.
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    field: str
+    equals: bool | float | str | None = None
+    at_least: float | None = None
+    at_most: float | None = None
+    decision: Literal["refer", "decline"]
+    reason: str
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> HardRule:
+        given = [k for k in ("equals", "at_least", "at_most") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"hard rule {self.name!r}: give exactly one of equals, at_least, at_most")
+        return self
+
+
+class AdmissionConfig(_Strict):
+    approve_below_pd: float = Field(gt=0, lt=1)  # PD < this: approve
+    decline_at_pd: float = Field(gt=0, le=1)  # PD >= this: decline; in between: refer
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdmissionConfig:
+        if self.approve_below_pd > self.decline_at_pd:
+            raise ValueError(
+                f"admission: approve_below_pd {self.approve_below_pd} > decline_at_pd {self.decline_at_pd}"
+            )
+        return self
+
+
+class PricingConfig(_Strict):
+    """Annual rate = funding cost + PD x LGD + capital margin + operating margin, within bounds."""
+
+    funding_cost: float = Field(ge=0, le=1)
+    lgd: float = Field(gt=0, le=1)
+    capital_margin: float = Field(ge=0, le=1)
+    operating_margin: float = Field(ge=0, le=1)
+    min_rate: float = Field(ge=0, le=1)
+    max_rate: float = Field(gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PricingConfig:
+        if self.min_rate > self.max_rate:
+            raise ValueError(f"pricing: min_rate {self.min_rate} > max_rate {self.max_rate}")
+        return self
+
+
+class LimitConfig(_Strict):
+    """Limit = min(requested, revenue capacity, cap of the entity type), rounded down."""
+
+    revenue_feature: str = "tax_monthly.declared_sales__mean_12m"  # average monthly sales
+    requested_field: str = "requested_amount"  # the applicant field holding the amount asked for
+    segment_field: str = "entity_type"  # the applicant field `caps` are keyed by
+    revenue_months: float = Field(gt=0, le=60)  # months of revenue a loan may reach
+    caps: dict[str, float]  # by entity type
+    round_to: float = Field(default=1000, gt=0)
+
+
+class PolicyConfig(_Strict):
+    name: str
+    version: str
+    hard_rules: tuple[HardRule, ...] = ()
+    admission: AdmissionConfig
+    pricing: PricingConfig
+    limit: LimitConfig
+
+
+def load_policy(name_or_path: str | Path) -> PolicyConfig:
+    """`configs/policy/<name>.yaml` (or a path); errors name the offending key."""
+    return load_config("policy", name_or_path, PolicyConfig)

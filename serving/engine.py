@@ -1,0 +1,338 @@
+"""The scoring engine behind the endpoint, free of BentoML so it can be used and measured in-process.
+
+`Scorer.score(applicants)` builds features once per distinct feature schema, scores the champion in
+the calling thread and the challenger in a small thread pool with a latency budget, applies the
+credit policy to the deciding model's PD and returns one decision record per applicant.
+
+Challenger isolation: the challenger runs beside the champion and is waited for only until its
+budget (measured from when it started) is spent. If it raises, is missing, is busy with an earlier
+slow request or runs late, the decision is the champion's and the record says why
+(`challenger_status`). An abandoned challenger call finishes in the background; the pool has two
+slots, so a stuck challenger can never queue work in front of new requests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from data.features import FeatureSet
+from govrisk.rating import MasterScale, load_master_scale
+from serving.config import ServingConfig, load_policy
+from serving.models import LoadedModel, ModelOutput
+from serving.policy import Policy
+from serving.request import Applicants, RequestParser
+
+log = logging.getLogger(__name__)
+CHALLENGER_SLOTS = 2
+BATCH_BUDGET_MS_PER_APPLICANT = 0.5  # a batch's challenger budget grows with its size
+
+
+def arm_of(applicant_id: str, *, share: float, salt: str) -> str:
+    """'challenger' for a stable `share` of applicants (by hashed id), else 'champion'."""
+    h = hashlib.sha256(f"{salt}:{applicant_id}".encode()).digest()
+    return "challenger" if int.from_bytes(h[:8], "big") / 2.0**64 < share else "champion"
+
+
+def applicant_hash(applicant_id: str, salt: str) -> str:
+    return hashlib.sha256(f"{salt}:{applicant_id}".encode()).hexdigest()
+
+
+def input_digest(record: Any) -> str:
+    """sha256 of the request record in canonical JSON: proves later what was scored, holds no data."""
+    return hashlib.sha256(
+        json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode()
+    ).hexdigest()
+
+
+@dataclass
+class ChallengerResult:
+    status: str  # ok | error | timeout | missing | busy | off
+    output: ModelOutput | None = None
+    ms: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class Pending:
+    """A request between the champion's scores and the challenger's answer."""
+
+    batch: Applicants
+    request_id: str
+    fs: FeatureSet
+    champ: ModelOutput
+    started: Any  # (future, start time), or a ChallengerResult when nothing runs
+    t0: float
+    features_ms: float
+    champion_ms: float
+
+
+class Scorer:
+    """Champion and challenger, the parser, the policy and the master scale of one serving config."""
+
+    def __init__(self, *, config: ServingConfig) -> None:
+        self.config = config
+        self.mode = config.routing.mode
+        self.champion = LoadedModel(tag=config.champion, threads=config.onnx_threads)
+        self.challenger: LoadedModel | None = None
+        self.challenger_problem: str | None = None  # why a configured challenger is not loaded
+        if config.challenger.tag and self.mode != "champion_only":
+            try:
+                self.challenger = LoadedModel(tag=config.challenger.tag, threads=config.onnx_threads)
+            except Exception as e:  # the champion serves on; every request records it as missing
+                self.challenger_problem = f"{type(e).__name__}: {e}"
+                log.error("challenger %s not loaded, serving the champion only: %s", config.challenger.tag, e)
+        contract = self.champion.builder.contract
+        if self.challenger and self.challenger.builder.contract.name != contract.name:
+            raise ValueError(
+                f"challenger {self.challenger.tag} is for contract {self.challenger.builder.contract.name!r}, "
+                f"the champion for {contract.name!r}"
+            )
+        lookback = max(
+            m.builder.config.lookback_months for m in (self.champion, self.challenger) if m is not None
+        )
+        self.parser = RequestParser(contract=contract, lookback_months=lookback)
+        raw_features = list(self.champion.builder.schema()["raw_features"])
+        self.policy = Policy(
+            config=load_policy(config.policy),
+            applicant_fields=set(self.parser.applicant_columns),
+            raw_features=raw_features,
+        )
+        self._raw_pos = {name: j for j, name in enumerate(raw_features)}
+        self.scale: MasterScale = load_master_scale()
+        self._pool = ThreadPoolExecutor(max_workers=CHALLENGER_SLOTS, thread_name_prefix="challenger")
+        self._slots = threading.BoundedSemaphore(CHALLENGER_SLOTS)
+
+    # --- models ---------------------------------------------------------------------------------
+    def features(self, model: LoadedModel, batch: Applicants) -> FeatureSet:
+        return model.builder.transform(batch.applicants, batch.monthly)
+
+    def _challenger_job(self, fs: FeatureSet | None, batch: Applicants) -> tuple[ModelOutput, float]:
+        try:
+            t0 = time.perf_counter()
+            fault = self.config.challenger.fault
+            if fault.mode == "raise":
+                raise RuntimeError("injected challenger fault (challenger.fault.mode=raise)")
+            if fault.mode == "sleep":
+                time.sleep(fault.sleep_ms / 1000)
+            assert self.challenger is not None
+            if fs is None:  # a different feature schema: its own transform, off the champion's path
+                fs = self.features(self.challenger, batch)
+            out = self.challenger.predict(fs)
+            return out, (time.perf_counter() - t0) * 1000
+        finally:
+            self._slots.release()
+
+    def _start_challenger(self, fs: FeatureSet, batch: Applicants) -> Any:
+        if self.mode == "champion_only" or not self.config.challenger.tag:
+            return ChallengerResult("off")
+        if self.challenger is None:
+            return ChallengerResult("missing", error=self.challenger_problem)
+        if not self._slots.acquire(blocking=False):
+            return ChallengerResult("busy", error="earlier challenger calls still running")
+        shared = fs if self.challenger.schema_digest == self.champion.schema_digest else None
+        return self._pool.submit(self._challenger_job, shared, batch), time.perf_counter()
+
+    def _finish_challenger(self, started: Any, n: int) -> ChallengerResult:
+        if isinstance(started, ChallengerResult):
+            return started
+        fut, t0 = started
+        budget = self._budget_ms(n)
+        remaining = budget / 1000 - (time.perf_counter() - t0)
+        try:
+            out, ms = fut.result() if fut.done() else fut.result(timeout=max(remaining, 0.0))
+        except FutureTimeout:
+            return ChallengerResult(
+                "timeout", ms=(time.perf_counter() - t0) * 1000, error=f"over {budget:g} ms"
+            )
+        except Exception as e:
+            log.warning("challenger %s failed: %s", self.config.challenger.tag, e)
+            return ChallengerResult(
+                "error", ms=(time.perf_counter() - t0) * 1000, error=f"{type(e).__name__}: {e}"
+            )
+        return ChallengerResult("ok", output=out, ms=ms)
+
+    # --- decisions ------------------------------------------------------------------------------
+    def begin(self, batch: Applicants, *, request_id: str | None = None) -> Pending:
+        """Features, the challenger started beside the champion, the champion's scores."""
+        t0 = time.perf_counter()
+        fs = self.features(self.champion, batch)
+        t_feat = time.perf_counter()
+        started = self._start_challenger(fs, batch)
+        champ = self.champion.predict(fs)
+        t_champ = time.perf_counter()
+        return Pending(
+            batch=batch,
+            request_id=request_id or uuid.uuid4().hex,
+            fs=fs,
+            champ=champ,
+            started=started,
+            t0=t0,
+            features_ms=(t_feat - t0) * 1000,
+            champion_ms=(t_champ - t_feat) * 1000,
+        )
+
+    def challenger_wait(self, pending: Pending) -> float:
+        """Seconds the challenger may still take (0 when there is nothing to wait for)."""
+        if isinstance(pending.started, ChallengerResult):
+            return 0.0
+        _, t0 = pending.started
+        return max(self._budget_ms(len(pending.batch)) / 1000 - (time.perf_counter() - t0), 0.0)
+
+    def _budget_ms(self, n: int) -> float:
+        return self.config.challenger.budget_ms + (BATCH_BUDGET_MS_PER_APPLICANT * n if n > 1 else 0.0)
+
+    def collect(self, pending: Pending) -> ChallengerResult:
+        """The challenger's result, waiting in this thread at most until its budget is spent."""
+        return self._finish_challenger(pending.started, len(pending.batch))
+
+    def score(
+        self, batch: Applicants, *, endpoint: str = "score", request_id: str | None = None
+    ) -> list[dict]:
+        """One decision record per applicant of a checked batch, waiting in this thread."""
+        pending = self.begin(batch, request_id=request_id)
+        return self.finish(pending, self.collect(pending), endpoint=endpoint)
+
+    def finish(self, pending: Pending, ch: ChallengerResult, *, endpoint: str) -> list[dict]:
+        """Apply routing and the policy; one record per applicant."""
+        batch, champ = pending.batch, pending.champ
+        reasons = self.champion.reasons(champ, self.config.reason_codes)
+        ids = batch.ids
+        n = len(ids)
+        routing = self.config.routing
+        champ_grades = self.scale.grade(champ.pd)
+        ch_grades = self.scale.grade(ch.output.pd) if ch.output is not None else None
+        # Column positions, not DataFrame look-ups: a pandas column read costs more than the policy.
+        raw_matrix = pending.fs.raw.to_numpy()
+        raw = {f: raw_matrix[:, self._raw_pos[f]] for f in self.policy.raw_fields}
+        now = dt.datetime.now(dt.UTC)
+        salt = self.config.decision_log.applicant_hash_salt
+        date_col = self.champion.builder.contract.applicants.application_date
+        total_ms = (time.perf_counter() - pending.t0) * 1000
+        records = []
+        for i in range(n):
+            arm = (
+                arm_of(ids[i], share=routing.split_share, salt=routing.salt)
+                if self.mode == "split"
+                else "champion"
+            )
+            by_challenger = arm == "challenger" and ch.output is not None
+            pd_i = float(ch.output.pd[i]) if by_challenger else float(champ.pd[i])
+            applicant = {c: _plain(batch.applicants[c][i]) for c in self.parser.applicant_columns}
+            raw_i = {f: float(v[i]) for f, v in raw.items()}
+            outcome = self.policy.decide(pd_=pd_i, applicant=applicant, raw=raw_i)
+            ch_decision = None
+            if ch.output is not None:  # what the challenger would have decided: governance compares
+                ch_decision = self.policy.decide(
+                    pd_=float(ch.output.pd[i]), applicant=applicant, raw=raw_i
+                ).decision
+            codes = ([outcome.hard_rule] if outcome.hard_rule else []) + reasons[i]
+            records.append({
+                "decision_id": pending.request_id if n == 1 else f"{pending.request_id}-{i}",
+                "request_id": pending.request_id,
+                "applicant_id": ids[i],
+                "created_at": now,
+                "endpoint": endpoint,
+                "applicant_hash": applicant_hash(ids[i], salt),
+                "input_digest": input_digest(batch.records[i]),
+                "application_date": applicant[date_col],
+                "routing_mode": self.mode,
+                "arm": arm,
+                "decided_by": "challenger" if by_challenger else "champion",
+                "decision": outcome.decision,
+                "hard_rule": outcome.hard_rule,
+                "hard_rule_reason": outcome.hard_rule_reason,
+                "pd": pd_i,
+                "grade": str(self.scale.grade(pd_i)),
+                "rate": outcome.rate,
+                "credit_limit": outcome.credit_limit,
+                "reason_codes": codes,
+                "champion_model": self.champion.tag,
+                "champion_pd": float(champ.pd[i]),
+                "champion_score": None if champ.score is None else float(champ.score[i]),
+                "champion_grade": str(champ_grades[i]),
+                "challenger_model": self.challenger.tag if self.challenger else self.config.challenger.tag,
+                "challenger_status": ch.status,
+                "challenger_error": ch.error,
+                "challenger_pd": None if ch.output is None else float(ch.output.pd[i]),
+                "challenger_grade": None if ch_grades is None else str(ch_grades[i]),
+                "challenger_decision": ch_decision,
+                "policy": self.policy.label,
+                "features_ms": pending.features_ms,
+                "champion_ms": pending.champion_ms,
+                "challenger_ms": ch.ms,
+                "total_ms": total_ms,
+            })  # fmt: skip
+        return records
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+RESPONSE_ONLY = {"applicant_id", "hard_rule_reason", "challenger_error"}
+
+
+def log_row(record: dict[str, Any]) -> dict[str, Any]:
+    """The decision-log row of a record: no raw applicant id, reason codes as JSON text."""
+    row = {k: v for k, v in record.items() if k not in RESPONSE_ONLY}
+    row["reason_codes"] = json.dumps(record["reason_codes"])
+    return row
+
+
+def response_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The JSON answer for a decision system."""
+    return {
+        "request_id": record["request_id"],
+        "decision_id": record["decision_id"],
+        "applicant_id": record["applicant_id"],
+        "decision": record["decision"],
+        "pd": record["pd"],
+        "grade": record["grade"],
+        "score": record["champion_score"],
+        "rate": record["rate"],
+        "credit_limit": record["credit_limit"],
+        "reason_codes": record["reason_codes"],
+        "hard_rule": record["hard_rule"],
+        "hard_rule_reason": record["hard_rule_reason"],
+        "arm": record["arm"],
+        "decided_by": record["decided_by"],
+        "champion": {
+            "model": record["champion_model"],
+            "pd": record["champion_pd"],
+            "score": record["champion_score"],
+            "grade": record["champion_grade"],
+        },
+        "challenger": {
+            "model": record["challenger_model"],
+            "status": record["challenger_status"],
+            "pd": record["challenger_pd"],
+            "grade": record["challenger_grade"],
+            "decision": record["challenger_decision"],
+        },
+        "policy": record["policy"],
+        "timings_ms": {
+            "features": round(record["features_ms"], 3),
+            "champion": round(record["champion_ms"], 3),
+            "challenger": None if record["challenger_ms"] is None else round(record["challenger_ms"], 3),
+            "scoring": round(record["total_ms"], 3),
+        },
+    }
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.datetime64):
+        return v.astype("datetime64[D]").item()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v

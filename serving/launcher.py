@@ -1,0 +1,105 @@
+"""Start, probe and stop a real `bentoml serve` process: used by the demo, the tests and the bench."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from govrisk.paths import REPO_ROOT, work_dir
+
+API_KEY = "demo-key-0123456789"  # the demo's and tests' key; never a production key
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`bentoml serve serving.service:Scoring` in its own process group, on a free loopback port."""
+
+    def __init__(
+        self, folder: Path, config: dict[str, Any], *, api_keys: str = API_KEY, port: int | None = None
+    ) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.config_path = folder / "serving.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = folder / "server.log"
+        self.env = dict(os.environ)
+        self.env.update(
+            GOVRISK_SERVING_CONFIG=str(self.config_path),
+            GOVRISK_WORK=str(work_dir()),
+            BENTOML_HOME=str(work_dir() / "bentoml"),
+            GOVRISK_API_KEYS=api_keys,
+            OMP_NUM_THREADS="1",
+        )
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> Server:
+        cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:Scoring"]
+        cmd += ["--port", str(self.port), "--host", "127.0.0.1"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server not ready after {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the hard crash of the durability check."""
+        if self.proc and self.proc.poll() is None:
+            import psutil  # dev extra: only the tests and the bench kill servers
+
+            # BentoML's workers run in sessions of their own: collect every descendant first.
+            procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+            for p in procs:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+            psutil.wait_procs(procs, timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)  # the arbiter stops its workers gracefully
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def post(self, path: str, body: Any, *, key: str | None = API_KEY, timeout: float = 30) -> httpx.Response:
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["X-API-Key"] = key
+        return httpx.post(f"{self.url}{path}", json=body, headers=headers, timeout=timeout)
+
+    def post_raw(self, path: str, content: bytes, *, key: str | None = API_KEY) -> httpx.Response:
+        headers = {"Content-Type": "application/json", "X-API-Key": key or ""}
+        return httpx.post(f"{self.url}{path}", content=content, headers=headers, timeout=30)

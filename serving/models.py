@@ -1,0 +1,98 @@
+"""Registered models as onnxruntime sessions, with the feature schema that travelled with each.
+
+Loading re-hashes the exact ONNX bytes handed to onnxruntime and compares them with the sha256
+recorded at registration, so a file swapped after the check cannot be served. Nothing here imports
+torch, Lightning, optbinning or onnx: serving is onnxruntime plus the shared FeatureBuilder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from data.features import FeatureBuilder, FeatureSet
+from govrisk.reasons import reasons_from_points
+from training.registry import TamperedModelError, model_path
+
+
+@dataclass
+class ModelOutput:
+    pd: np.ndarray  # [N] float64
+    score: np.ndarray | None = None  # [N] scorecard points total
+    points: np.ndarray | None = None  # [N, K] per-characteristic points
+
+
+class LoadedModel:
+    """One registered model: its session, input names and feature schema."""
+
+    def __init__(self, *, tag: str, threads: int = 1) -> None:
+        folder, meta = model_path(tag, verify=False)  # verified below, on the bytes actually loaded
+        data = (folder / "model.onnx").read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != meta["onnx_sha256"]:
+            raise TamperedModelError(
+                f"{tag}: model.onnx sha256 {digest} != registered {meta['onnx_sha256']}; refusing to serve it"
+            )
+        self.folder = folder
+        self.name = folder.parent.name
+        self.version = folder.name
+        self.tag = f"{self.name}:{self.version}"  # resolved: never 'latest' in a decision record
+        self.kind: str = meta["kind"]
+        self.sha256 = digest
+        report = json.loads((folder / "metrics.json").read_text())
+        self.inputs: list[str] = list(report["onnx"]["inputs"])
+        schema_text = (folder / "feature_schema.json").read_text()
+        # Two models with the same schema share one transform per request (see Scorer).
+        self.schema_digest = hashlib.sha256(schema_text.encode()).hexdigest()
+        self.builder = FeatureBuilder.from_schema(json.loads(schema_text))
+        opts = ort.SessionOptions()
+        # One applicant is a few hundred multiply-adds: extra threads only add hand-offs, and the
+        # server's cores are better spent on concurrent requests.
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.reason_table: list[dict[str, Any]] | None = None
+        if (folder / "reason_codes.json").exists():
+            self.reason_table = json.loads((folder / "reason_codes.json").read_text())["characteristics"]
+
+    def predict(self, fs: FeatureSet) -> ModelOutput:
+        feeds = {}
+        for name in self.inputs:
+            if name == "raw":
+                feeds[name] = fs.raw.to_numpy(dtype=np.float64)
+            elif name == "sequence":
+                feeds[name] = fs.sequence
+            elif name == "static":
+                feeds[name] = fs.static
+            else:
+                raise ValueError(f"{self.tag}: unknown ONNX input {name!r}")
+        wanted = [o for o in ("pd", "score", "points") if o in self.outputs]
+        got = dict(zip(wanted, self.session.run(wanted, feeds), strict=True))
+        return ModelOutput(
+            pd=np.asarray(got["pd"], dtype=np.float64).reshape(-1),
+            score=None if "score" not in got else np.asarray(got["score"], dtype=np.float64).reshape(-1),
+            points=got.get("points"),
+        )
+
+    def reasons(self, out: ModelOutput, k: int) -> list[list[str]]:
+        """Top-k reason codes per applicant; empty for a model without scorecard points."""
+        if self.reason_table is None or out.points is None or k == 0:
+            return [[] for _ in range(len(out.pd))]
+        return reasons_from_points(out.points, self.reason_table, k)
+
+    def describe(self) -> dict[str, Any]:
+        return {"tag": self.tag, "kind": self.kind, "sha256": self.sha256, "inputs": self.inputs}
+
+
+def schema_file(tag: str) -> Path:
+    """The feature schema of a registered model (for clients that build example requests)."""
+    folder, _ = model_path(tag, verify=False)
+    return folder / "feature_schema.json"
