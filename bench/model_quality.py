@@ -110,7 +110,6 @@ def cnn_epoch_seconds(n: int = 100_000) -> float:
     """Wall time of one training epoch of the default CNN over n applicants x 24 months."""
     import lightning as L
 
-    from training.config import resolve_model_params
     from training.lightning import RiskDataModule, RiskModule
     from training.nets import build_net
 
@@ -120,7 +119,6 @@ def cnn_epoch_seconds(n: int = 100_000) -> float:
     ds, _ = load_data(cfg.data)
     a = ds.applicants.iloc[:n].reset_index(drop=True)
     fs = FeatureBuilder.from_config(cfg.data.features).fit(a, ds.monthly).transform(a, ds.monthly)
-    params = resolve_model_params("cnn", {})
     net = build_net(
         "cnn", params.net, n_channels=fs.sequence.shape[2], n_static=fs.static.shape[1],
         static_train=fs.static, sequence_train=fs.sequence,

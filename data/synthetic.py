@@ -9,10 +9,11 @@ Real government data cannot ship, so every model is developed and measured here.
    a lag; stress (low health) shows up as late filings, zero declarations, unpaid tax, social-security
    arrears and penalties. Farms and individuals often have no tax or employer records; young firms
    have thin files; a few months are lost in the join.
-3. The 12-month default is drawn from a true PD that is logit-linear in the latent state at
-   application (level, trend, volatility, recency-weighted stress) and in static facts and leverage.
-   The observed records are noisy views of that state, so a model that reads the sequence well can
-   approach the oracle while a plain 12-month average cannot.
+3. The 12-month default is drawn from a true PD that is logit-linear in the firm's realised
+   performance (health plus monthly luck) relative to its own past over the months it has existed
+   (level, trend, volatility), in recency-weighted stress events and in static facts and leverage.
+   The records are partial views of that state (quarterly filings, lost months, no tax file), so a
+   model that reads the sequence well can approach the oracle while a plain 12-month average cannot.
 
 Everything is vectorised over a chunk of applicants and seeded by (seed, chunk index), so the same
 seed gives byte-identical Parquet whatever the machine.
@@ -34,7 +35,7 @@ from govrisk.paths import load_config
 
 TRUTH_TABLE = "truth"
 TRUTH_SCHEMA = pa.schema([pa.field("applicant_id", pa.string()), pa.field("true_pd", pa.float64())])
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 
 class _Strict(BaseModel):
@@ -289,11 +290,10 @@ def simulate_chunk(
     penalty = (u[..., 3] < _sigmoid(st.penalty[0] + st.penalty[1] * health)) | (late & (u[..., 4] < 0.15))
     gap = u[..., 5] < st.record_gap
 
-    sales = np.where(
-        zero | ~active,
-        0.0,
-        scale[:, None] * np.exp(health + season + hc.observation_noise * rng.standard_normal((n, L))),
-    )
+    # Realised performance: health plus this month's luck. It is what pays (or misses) instalments,
+    # so the true PD below reads it, not the smoother latent health.
+    performance = health + hc.observation_noise * rng.standard_normal((n, L))
+    sales = np.where(zero | ~active, 0.0, scale[:, None] * np.exp(performance + season))
     # Small-scale taxpayers declare the quarter's sales at quarter end.
     padded = np.concatenate([np.zeros((n, 2)), sales], axis=1)
     quarter_sales = padded[:, 2:] + padded[:, 1:-1] + padded[:, :-2]
@@ -346,11 +346,31 @@ def simulate_chunk(
 
     # --- true PD at application -------------------------------------------------------------------
     p = cfg.pd
-    # Health relative to the firm's own past: the part of the state its records can reveal.
-    recent = health[:, H - 6 : H].mean(1)
-    level = recent - health[:, H - 24 : H - 12].mean(1)
-    trend = recent - health[:, H - 12 : H - 6].mean(1)
-    volatility = np.diff(health[:, H - 13 : H], axis=1).std(1)
+    # Performance relative to the firm's own past, read over completed calendar quarters (the
+    # periods a firm's accounts and its quarterly filings close on): the last two quarters against
+    # the same two quarters a year before (year on year, so seasonality cancels) and against the two
+    # quarters before them (momentum). Only months the firm existed count: a firm registered a year
+    # ago has no "a year before" to compare with (its youth is priced by `young_business`).
+    since_quarter_end = (cal[:, H - 1] % 3 + 1) % 3  # months of the current, unfinished quarter
+    on = np.concatenate([np.zeros((n, 1)), np.cumsum(active[:, :H], axis=1)], axis=1)
+    total = np.concatenate([np.zeros((n, 1)), np.cumsum(performance[:, :H] * active[:, :H], axis=1)], axis=1)
+    rows = np.arange(n)
+
+    def quarters_mean(first: int, count: int) -> np.ndarray:
+        """Mean performance over `count` quarters, the most recent being `first` completed quarters back."""
+        hi = H - since_quarter_end - 3 * first
+        lo = hi - 3 * count
+        months = on[rows, hi] - on[rows, lo]
+        return np.divide(total[rows, hi] - total[rows, lo], months, out=np.full(n, np.nan), where=months > 0)
+
+    recent = quarters_mean(0, 2)  # never empty: registration is at least 3 months before application
+    level = np.nan_to_num(recent - quarters_mean(4, 2))
+    trend = np.nan_to_num(recent - quarters_mean(2, 2))
+    steps = np.diff(performance[:, H - 13 : H], axis=1)
+    both = active[:, H - 13 : H - 1] & active[:, H - 12 : H]
+    k = np.maximum(both.sum(1), 1)
+    mean_step = (steps * both).sum(1) / k
+    volatility = np.sqrt((((steps - mean_step[:, None]) ** 2) * both).sum(1) / k)
     # Stress events as the departments recorded them, weighted by recency (half-life 4 months).
     recency = 0.5 ** ((H - 1 - np.arange(H)) / 4.0)
     events = (late | zero | (arrears > 0))[:, :H] * tax_present[:, :H] + ss_arrears[:, :H] * ss_present[:, :H]
@@ -378,7 +398,8 @@ def simulate_chunk(
         "reg_m": reg_m, "reg_day": reg_day, "capital": capital, "legal_rep_age": legal_rep_age,
         "property_count": property_count, "property_value": property_value, "has_mortgage": has_mortgage,
         "abnormal": abnormal, "penalties": penalties, "requested": requested, "true_pd": true_pd,
-        "default": default, "general": general, "cal": cal, "health": health,
+        "default": default, "general": general, "cal": cal, "health": health, "performance": performance,
+        "active": active,
         "tax_present": tax_present, "ss_present": ss_present,
         "tax": {
             "declared_sales": declared, "vat_paid": vat, "income_tax_paid": income_tax,

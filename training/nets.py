@@ -51,6 +51,7 @@ class CnnNetConfig(_Strict):
     sequence_bins: int = Field(default=0, ge=0, le=64)
     static_bins: int = Field(default=0, ge=0, le=64)
     norm: Literal["batch", "none"] = "none"
+    relative: bool = False
     head_hidden: Width
     ensemble_size: int = Field(default=1, ge=1, le=64)
 
@@ -166,6 +167,7 @@ class TemporalConvNet(nn.Module):
         sequence_bins: int = 0,
         static_bins: int = 0,
         norm: Literal["batch", "none"] = "none",
+        relative: bool = False,
         ensemble_size: int = 1,
     ) -> None:
         super().__init__()
@@ -184,10 +186,17 @@ class TemporalConvNet(nn.Module):
             "sequence_bins": sequence_bins,
             "static_bins": static_bins,
             "norm": norm,
+            "relative": relative,
             "head_hidden": head_hidden,
             "ensemble_size": ensemble_size,
         }
         self.n_channels, self.n_static = n_channels, n_static
+        # Relative channels (per-applicant instance normalisation, as in RevIN): every monthly value
+        # minus the applicant's own mean of that channel over the months it is on file. Risk lives in
+        # "sales are down on this firm's own past", and a firm's scale (which the static branch has)
+        # otherwise dominates the log amounts the convolutions see. The features mark a month that is
+        # not on file with an exact 0, so the mask needs no channel names and reads the same in ONNX.
+        self.relative = relative
         # Static context broadcast to every month: sales seasonality depends on industry and entity,
         # so the convolutions can only read "sales are low for this kind of firm in this month" if they
         # know the kind of firm. 0 turns it off.
@@ -202,7 +211,7 @@ class TemporalConvNet(nn.Module):
         self.static_ple = (
             PiecewiseLinearEncoding(n_features=n_static, n_bins=static_bins) if static_bins else None
         )
-        c_in = n_channels * (1 + sequence_bins) + static_to_sequence
+        c_in = n_channels * (1 + sequence_bins + int(relative)) + static_to_sequence
         if stem_hidden > 0:
             # A per-month MLP before any temporal mixing: interactions such as (industry x calendar
             # month) -> expected seasonal sales need a nonlinearity, a linear 1x1 projection cannot.
@@ -259,8 +268,14 @@ class TemporalConvNet(nn.Module):
         if static.ndim != 2 or static.shape[1] != self.n_static:
             raise ValueError(f"static must be [N, {self.n_static}], got {static.shape=}")
         self._check_bins()
+        parts = [sequence]
         if self.seq_ple is not None:  # [N, T, C] -> [N, T, C, bins] -> [N, T, C * bins], broadcast
-            sequence = torch.cat([sequence, self.seq_ple(sequence).flatten(2)], dim=2)
+            parts.append(self.seq_ple(sequence).flatten(2))
+        if self.relative:
+            on = (sequence != 0).to(sequence.dtype)
+            own_mean = (sequence * on).sum(dim=1, keepdim=True) / on.sum(dim=1, keepdim=True).clamp(min=1.0)
+            parts.append((sequence - own_mean) * on)
+        sequence = torch.cat(parts, dim=2) if len(parts) > 1 else sequence
         x = sequence.transpose(1, 2)  # [N, C', T]: Conv1d wants channels first
         if self.static_to_seq is not None:
             ctx = self.static_to_seq(static).unsqueeze(2).expand(-1, -1, x.shape[2])
