@@ -15,6 +15,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
+from torch import Tensor
 
 from data.features import FeatureBuilder, FeatureSet
 from data.store import read_dataset
@@ -287,6 +288,37 @@ def test_configs_refuse_bad_values() -> None:
 
 
 # --- ONNX ---------------------------------------------------------------------------------------------
+
+
+def test_relative_channels_centre_each_applicant_on_its_months_on_file(tmp_path: Path) -> None:
+    """A firm twice the size (a shift of its log amounts on the months it is on file) looks the same
+    to the relative channels; months not on file (exact 0) stay 0; the graph exports with parity."""
+    torch.manual_seed(0)
+    seq = torch.randn(4, 24, 6)
+    seq[:, :10, :] = 0.0  # not on file for the first 10 months
+    cfg = {**TINY_CNN["net"], "relative": True, "sequence_bins": 0}  # stem input: [raw | relative | static]
+    net = build_net("cnn", cfg, n_channels=6, n_static=3).eval()
+    captured: list[Tensor] = []
+    hook = net.stem.register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
+    shifted = seq.clone()
+    shifted[:, 10:, :] += 0.7
+    with torch.inference_mode():
+        net(seq, torch.zeros(4, 3))
+        net(shifted, torch.zeros(4, 3))
+    hook.remove()
+    rel_a, rel_b = (x[:, 6:12, :] for x in captured)  # [raw C | relative C | static context]
+    torch.testing.assert_close(rel_a, rel_b, atol=1e-5, rtol=0)
+    assert torch.all(rel_a[:, :, :10] == 0)
+    assert not torch.allclose(captured[0][:, :6], captured[1][:, :6])  # the raw channels do move
+    check = (seq.numpy(), np.zeros((4, 3), dtype=np.float32))
+    info = export_onnx(
+        Calibrated(net, a=1.0, b=0.0).eval(),
+        tuple(torch.from_numpy(x[:2]) for x in check),
+        tmp_path / "relative.onnx",
+        input_names=["sequence", "static"],
+        check_inputs=check,
+    )
+    assert info["max_abs_diff"] <= 1e-5
 
 
 def test_onnx_parity_both_nets(fitted: dict, county: tuple[FeatureSet, FeatureSet], tmp_path: Path) -> None:
