@@ -8,7 +8,7 @@ export GOVRISK_WORK := $(abspath $(WORK))
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-slow lint format bench clean
+.PHONY: help setup browser demo test test-slow lint format bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -20,7 +20,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
 	@touch $(STAMP)
 
-setup: $(STAMP) ## Create .venv with pip and install govrisk with every extra
+setup: $(STAMP) browser ## Create .venv with pip and install govrisk with every extra
+
+browser: ## Debian's chromium and chromedriver for the report's browser test (skipped when present)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	  echo "warning: could not install chromium + chromium-driver (needs root); the browser test will skip"
 
 demo: setup ## Run the main job end to end on the embedded defaults
 	@bash scripts/demo.sh

@@ -20,5 +20,14 @@ $GOVRISK train --config county_scorecard
 $GOVRISK train --config county_cnn
 echo "== 6. The model registry"
 $GOVRISK models list
+echo "== 7. Tune the challenger briefly (Optuna: 4 trials of at most 2 epochs, a SQLite study in the work folder)"
+$GOVRISK tune --model cnn --trials 4 --timeout 240 --threads 1 model.params.trainer.max_epochs=2
+echo "== 8. Governance report: champion scorecard against challenger CNN, on the county's out-of-time rows"
+REPORT="$WORK/reports/county-scorecard-vs-cnn"
+$GOVRISK report --champion county-scorecard:latest --challenger county-cnn:latest --out "$REPORT"
+echo "== 9. Serve the champion (county-scorecard:latest) beside the challenger (county-cnn:latest) on"
+echo "   127.0.0.1:3000; a simulated decision system sends 5 applicants of a fresh county, then the server stops"
+.venv/bin/python -m serving.decision_system --start-server --applicants 5
 echo
 echo "demo finished: datasets under $WORK/data, run folders under $WORK/runs, model store under $WORK/bentoml"
+echo "governance report: $REPORT/report.html (figures: $REPORT/report.json); tuning study: $WORK/tuning/studies.db"

@@ -111,15 +111,38 @@ def split_indices(ds: Dataset, spec: SplitSpec) -> dict[str, np.ndarray]:
     return parts
 
 
+_PREPARED: dict[str, Any] | None = None  # set inside reuse_prepared()
+
+
+@contextlib.contextmanager
+def reuse_prepared() -> Iterator[None]:
+    """Inside this block `prepare` computes each (data, split) once per process. Tuning trials differ
+    only in the model; re-reading, re-hashing and re-featurising the same county for every trial
+    would cost as much as a few epochs of each trial."""
+    global _PREPARED
+    outer = _PREPARED
+    _PREPARED = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _PREPARED = outer
+
+
 def prepare(cfg: ExperimentConfig) -> tuple[Dataset, str, dict[str, np.ndarray], FeatureBuilder, FeatureSet]:
     """Data (hash verified), split rows, the feature builder fitted on train rows, all features."""
+    key = json.dumps([cfg.data.model_dump(mode="json"), cfg.split.model_dump(mode="json")], sort_keys=True)
+    if _PREPARED is not None and key in _PREPARED:
+        return _PREPARED[key]
     ds, data_hash = load_data(cfg.data)
     rows = split_indices(ds, cfg.split)
     a = ds.applicants
     builder = FeatureBuilder.from_config(cfg.data.features).fit(
         a.iloc[rows["train"]].reset_index(drop=True), ds.monthly
     )
-    return ds, data_hash, rows, builder, builder.transform(a, ds.monthly)
+    prepared = ds, data_hash, rows, builder, builder.transform(a, ds.monthly)
+    if _PREPARED is not None:
+        _PREPARED[key] = prepared
+    return prepared
 
 
 def _config_hash(resolved: dict[str, Any]) -> str:

@@ -1,0 +1,314 @@
+"""Governance: the promotion policy, the recommendation it gives, the champion record and the audit log.
+
+Files, all under `$GOVRISK_WORK/governance/`:
+
+- `champion.json` — the current champion: `{"tag": "county-cnn:<version>", "promoted_at", "by",
+  "report", ...}`. Serving and monitoring read the tag from here (`current_champion()`); before any
+  promotion there is no file and callers use their own default.
+- `audit.jsonl` — one JSON object per line, appended and never rewritten: who, what, when, why, the
+  report (folder, sha256 of its report.json, its recommendation), override or not. Each entry carries
+  the sha256 of the previous line (`prev_sha256`), so an edited or deleted line breaks the chain and
+  `govrisk models audit` says where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from govrisk.paths import load_config, work_dir
+
+SPLITS = ("train", "val", "oot")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BootstrapPolicy(_Strict):
+    n_boot: int = Field(ge=50, le=100_000)
+    level: float = Field(gt=0.5, lt=1)
+    seed: int = Field(ge=0)
+
+
+class SegmentPolicy(_Strict):
+    columns: list[str]
+    thin_file_months_registered: int = Field(ge=0, le=600)
+    thin_file_months_with_records: int = Field(ge=0, le=600)
+    lookback_months: int = Field(ge=1, le=600)
+    min_count: int = Field(ge=1)
+    min_defaults: int = Field(ge=1)
+
+
+class Thresholds(_Strict):
+    auc_gain_alpha: float = Field(gt=0, lt=1)
+    min_auc_gain: float = Field(ge=-1, le=1)
+    max_psi: float = Field(gt=0)
+    calibration_alpha: float = Field(gt=0, lt=1)
+    max_rejected_grades: int = Field(ge=0)
+    require_monotone_grades: bool
+    max_segment_auc_loss: float = Field(ge=0, le=1)
+
+
+class Policy(_Strict):
+    approval_rate: float = Field(gt=0, lt=1)
+    development: list[Literal["train", "val", "oot"]] = Field(min_length=1)
+    evaluation: Literal["train", "val", "oot"]
+    bootstrap: BootstrapPolicy
+    reliability_bins: int = Field(ge=2, le=100)
+    hosmer_lemeshow_groups: int = Field(ge=3, le=100)
+    psi_bins: int = Field(ge=2, le=100)
+    csi_characteristics: int = Field(ge=0, le=200)
+    min_grade_count: int = Field(ge=1)
+    segments: SegmentPolicy
+    thresholds: Thresholds
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> Policy:
+        if self.evaluation in self.development:
+            raise ValueError(
+                f"evaluation split {self.evaluation!r} must not be among development {self.development}"
+            )
+        return self
+
+
+def load_policy(name_or_path: str | Path = "default") -> Policy:
+    """`configs/governance/<name>.yaml` (or a path), validated; errors name the key."""
+    return load_config("governance", name_or_path, Policy)
+
+
+# --- the recommendation -------------------------------------------------------------------------------
+
+
+def _check(name: str, passed: bool, value: Any, threshold: str, detail: str) -> dict[str, Any]:
+    return {"check": name, "passed": bool(passed), "value": value, "threshold": threshold, "detail": detail}
+
+
+def recommend(report: dict[str, Any], policy: Policy) -> dict[str, Any]:
+    """Promote or hold, from the report's figures and the policy's thresholds, with every reason."""
+    t = policy.thresholds
+    checks = []
+
+    d = report["discrimination"]["delong"]
+    gain_ok = d["p_value"] < t.auc_gain_alpha and d["diff"] > t.min_auc_gain
+    checks.append(_check(
+        "AUC gain significant", gain_ok, {"diff": d["diff"], "p_value": d["p_value"]},
+        f"p < {t.auc_gain_alpha} and gain > {t.min_auc_gain}",
+        f"challenger - champion AUC {d['diff']:+.4f} (95 % CI {d['ci_low']:+.4f} .. {d['ci_high']:+.4f}), "
+        f"DeLong two-sided p = {d['p_value']:.3g}",
+    ))  # fmt: skip
+
+    psi = report["stability"]["score_psi"]["challenger"]["value"]
+    checks.append(_check(
+        "challenger score stable", psi < t.max_psi, psi, f"PSI < {t.max_psi}",
+        f"PSI of the challenger's PD, development -> evaluation: {psi:.4f}",
+    ))  # fmt: skip
+
+    hl = report["calibration"]["challenger"]["hosmer_lemeshow"]
+    checks.append(_check(
+        "calibration not rejected (Hosmer-Lemeshow)", hl["p_value"] >= t.calibration_alpha, hl["p_value"],
+        f"p >= {t.calibration_alpha}",
+        f"HL statistic {hl['statistic']:.2f} on {hl['df']} df, p = {hl['p_value']:.3g}",
+    ))  # fmt: skip
+
+    grades = report["grades"]["challenger"]
+    rejected = [g["grade"] for g in grades["table"] if g.get("jeffreys_rejected")]
+    checks.append(_check(
+        "grade PDs not rejected (Jeffreys)", len(rejected) <= t.max_rejected_grades, len(rejected),
+        f"<= {t.max_rejected_grades} grades with p < {t.calibration_alpha}",
+        f"grades whose observed default rate is significantly above their PD: {rejected or 'none'}",
+    ))  # fmt: skip
+
+    if t.require_monotone_grades:
+        checks.append(_check(
+            "grade bad rates monotone", grades["monotone"], grades["monotone"], "monotone",
+            "bad rate falls from a grade to a worse one at: "
+            + (", ".join(grades["violations"]) if grades["violations"] else "nowhere"),
+        ))  # fmt: skip
+
+    judged = [s for s in report["segments"]["rows"] if s["judged"] and s["auc_delta"] is not None]
+    losing = [s for s in judged
+              if -s["auc_delta"] > t.max_segment_auc_loss and s["p_worse"] < t.auc_gain_alpha]  # fmt: skip
+    worst = min(judged, key=lambda s: s["auc_delta"], default=None)
+    checks.append(_check(
+        "no segment loses discrimination", not losing, [f"{s['dimension']}={s['segment']}" for s in losing],
+        f"no judged segment with AUC loss > {t.max_segment_auc_loss} and DeLong p < {t.auc_gain_alpha}",
+        (f"worst judged segment: {worst['dimension']}={worst['segment']} (champion {worst['champion_auc']:.4f}, "
+         f"challenger {worst['challenger_auc']:.4f}, one-sided p {worst['p_worse']:.3g})")
+        if worst else "no segment large enough to judge",
+    ))  # fmt: skip
+
+    decision = "promote" if all(c["passed"] for c in checks) else "hold"
+    failed = [c["check"] for c in checks if not c["passed"]]
+    summary = "every policy check passes" if decision == "promote" else "fails: " + "; ".join(failed)
+    return {"decision": decision, "summary": summary, "checks": checks}
+
+
+# --- champion record and audit log --------------------------------------------------------------------
+
+
+def governance_dir() -> Path:
+    return work_dir() / "governance"
+
+
+def champion_file() -> Path:
+    return governance_dir() / "champion.json"
+
+
+def audit_file() -> Path:
+    return governance_dir() / "audit.jsonl"
+
+
+def current_champion() -> dict[str, Any] | None:
+    """The champion record (`tag`, `promoted_at`, `by`, `report`, ...) or None before any promotion."""
+    path = champion_file()
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def whoami() -> str:
+    """The reviewer: `$GOVRISK_USER` when set (a service account acting for a person), else the OS user."""
+    return os.environ.get("GOVRISK_USER") or getpass.getuser()
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """One promotion at a time: read champion, append audit, write champion under one file lock."""
+    governance_dir().mkdir(parents=True, exist_ok=True)
+    with open(governance_dir() / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _last_line_hash(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    lines = [ln for ln in path.read_bytes().splitlines() if ln.strip()]
+    return hashlib.sha256(lines[-1]).hexdigest() if lines else None
+
+
+def append_audit(entry: dict[str, Any]) -> dict[str, Any]:
+    """Append one entry (call under `_locked`); it gets a sequence number and the previous line's hash."""
+    path = audit_file()
+    seq = sum(1 for ln in path.read_bytes().splitlines() if ln.strip()) + 1 if path.exists() else 1
+    record = {"seq": seq, **entry, "prev_sha256": _last_line_hash(path)}
+    line = json.dumps(record, sort_keys=True) + "\n"
+    # O_APPEND: the line lands at the end even if the file is opened elsewhere; never rewritten.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return record
+
+
+def read_audit() -> tuple[list[dict[str, Any]], list[str]]:
+    """Every audit entry, and the problems found in the hash chain (empty when intact)."""
+    path = audit_file()
+    if not path.exists():
+        return [], []
+    entries, problems, prev = [], [], None
+    for i, raw in enumerate((ln for ln in path.read_bytes().splitlines() if ln.strip()), start=1):
+        try:
+            entry = json.loads(raw)
+        except json.JSONDecodeError:
+            problems.append(f"line {i}: not JSON")
+            prev = hashlib.sha256(raw).hexdigest()
+            continue
+        if entry.get("prev_sha256") != prev:
+            problems.append(f"line {i} (seq {entry.get('seq')}): previous-line hash does not match")
+        if entry.get("seq") != i:
+            problems.append(f"line {i}: sequence number {entry.get('seq')} out of order")
+        entries.append(entry)
+        prev = hashlib.sha256(raw).hexdigest()
+    return entries, problems
+
+
+class PromotionRefused(RuntimeError):
+    """The report does not support the promotion, and no override was given."""
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def promote(
+    tag: str, report_dir: Path, *, override: bool = False, reason: str | None = None
+) -> dict[str, Any]:
+    """Make `tag` the champion if the report in `report_dir` recommends it (or with an override and a
+    reason); returns the audit entry. Refusals raise PromotionRefused and are not logged as promotions."""
+    from training.registry import model_path
+
+    if override and not (reason and reason.strip()):
+        raise PromotionRefused("--override needs --reason TEXT: the audit log must say why")
+    report_json = Path(report_dir) / "report.json"
+    if not report_json.exists():
+        raise PromotionRefused(f"no report.json in {report_dir}; run `govrisk report` first")
+    report = json.loads(report_json.read_text())
+    folder, _ = model_path(tag, verify=True)  # a registered, untampered model only
+    resolved = f"{folder.parent.name}:{folder.name}"
+    reported = report["models"]["challenger"].get("tag")
+    if reported != resolved:
+        raise PromotionRefused(
+            f"the report in {report_dir} is about challenger {reported!r}, not {tag!r} ({resolved})"
+        )
+    decision = report["recommendation"]["decision"]
+    problems = []
+    if decision != "promote":
+        problems.append(f"the report recommends {decision!r}: {report['recommendation']['summary']}")
+    with _locked():
+        current = current_champion()
+        if current and current["tag"] == resolved:
+            raise PromotionRefused(f"{resolved} is already the champion (since {current['promoted_at']})")
+        compared = report["models"]["champion"].get("tag")
+        if current and compared != current["tag"]:
+            problems.append(
+                f"the report compares against {compared!r} but the champion is {current['tag']!r}"
+            )
+        if problems and not override:
+            raise PromotionRefused("; ".join(problems) + " (use --override --reason TEXT to promote anyway)")
+        from training.registry import git_commit
+
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        entry = append_audit({
+            "action": "promote",
+            "at": now,
+            "by": whoami(),
+            "host": socket.gethostname(),
+            "model": resolved,
+            "previous_champion": current["tag"] if current else None,
+            "report": str(Path(report_dir).resolve()),
+            "report_sha256": sha256_file(report_json),
+            "recommendation": decision,
+            "override": bool(problems) and override,
+            "reason": reason or report["recommendation"]["summary"],
+            "overridden": problems if override else [],
+            "git_commit": git_commit(),
+        })  # fmt: skip
+        record = {
+            "tag": resolved,
+            "promoted_at": now,
+            "by": entry["by"],
+            "report": entry["report"],
+            "recommendation": decision,
+            "override": entry["override"],
+            "audit_seq": entry["seq"],
+        }
+        tmp = champion_file().with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(champion_file())  # atomic: a reader sees the old or the new champion, never half
+    return entry
