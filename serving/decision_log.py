@@ -8,6 +8,7 @@ commit of its own rows before it answers, so an acknowledged response implies a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -118,33 +119,47 @@ class DecisionLog:
         self.submit(rows).result(timeout=timeout)
 
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            group = [item]
-            n = len(item[0])
-            while n < GROUP_MAX:  # take whatever else is already waiting: one commit for all of it
+        # The writer thread owns one connection for its lifetime (no pool check-out per commit) and
+        # one insert statement, compiled once and cached by SQLAlchemy: each group is one executemany.
+        insert = self.table.insert()
+        conn: sa.Connection | None = None
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                group = [item]
+                n = len(item[0])
+                while n < GROUP_MAX:  # take whatever else is already waiting: one commit for all of it
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        self._queue.put(None)
+                        break
+                    group.append(nxt)
+                    n += len(nxt[0])
+                rows = [r for batch, _ in group for r in batch]
                 try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                group.append(nxt)
-                n += len(nxt[0])
-            rows = [r for batch, _ in group for r in batch]
-            try:
-                with self.engine.begin() as conn:
-                    conn.execute(self.table.insert(), rows)
-            except Exception as e:  # a failed group: each caller gets the error, none is acknowledged
-                log.exception("decision log commit of %d rows failed", len(rows))
-                for _, fut in group:
-                    fut.set_exception(e)
-            else:
-                for _, fut in group:
-                    fut.set_result(None)
+                    if conn is None:
+                        conn = self.engine.connect()
+                    with conn.begin():
+                        conn.execute(insert, rows)
+                except Exception as e:  # a failed group: each caller gets the error, none is acknowledged
+                    log.exception("decision log commit of %d rows failed", len(rows))
+                    if conn is not None:  # a broken connection is replaced for the next group
+                        with contextlib.suppress(Exception):
+                            conn.close()
+                        conn = None
+                    for _, fut in group:
+                        fut.set_exception(e)
+                else:
+                    for _, fut in group:
+                        fut.set_result(None)
+        finally:
+            if conn is not None:
+                conn.close()
 
     def count(self) -> int:
         with self.engine.connect() as conn:

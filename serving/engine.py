@@ -25,8 +25,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from data.features import FeatureSet
 from govrisk.rating import MasterScale, load_master_scale
 from serving.config import ServingConfig, load_policy
@@ -220,6 +218,9 @@ class Scorer:
         salt = self.config.decision_log.applicant_hash_salt
         date_col = self.champion.builder.contract.applicants.application_date
         total_ms = (time.perf_counter() - pending.t0) * 1000
+        # Python values (float, bool, str, datetime.date) of each applicant column in one C pass per
+        # column, not one numpy scalar at a time: a batch's records cost less than its JSON.
+        columns = {c: batch.applicants[c].tolist() for c in self.parser.applicant_columns}
         records = []
         for i in range(n):
             arm = (
@@ -229,7 +230,7 @@ class Scorer:
             )
             by_challenger = arm == "challenger" and ch.output is not None
             pd_i = float(ch.output.pd[i]) if by_challenger else float(champ.pd[i])
-            applicant = {c: _plain(batch.applicants[c][i]) for c in self.parser.applicant_columns}
+            applicant = {c: v[i] for c, v in columns.items()}
             raw_i = {f: float(v[i]) for f, v in raw.items()}
             outcome = self.policy.decide(pd_=pd_i, applicant=applicant, raw=raw_i)
             ch_decision = None
@@ -328,11 +329,3 @@ def response_of(record: dict[str, Any]) -> dict[str, Any]:
             "scoring": round(record["total_ms"], 3),
         },
     }
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, np.datetime64):
-        return v.astype("datetime64[D]").item()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v

@@ -50,12 +50,21 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> Server:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> Server:
+        """Start the process without waiting: several servers can then start side by side."""
         cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:Scoring"]
         cmd += ["--port", str(self.port), "--host", "127.0.0.1"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+        return self
+
+    def wait_ready(self, timeout: float = 120) -> Server:
+        """Wait for /readyz; stop the server and raise with its log tail if it exits or times out."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -85,10 +94,15 @@ class Server:
             self.proc.wait(timeout=30)
             psutil.wait_procs(procs, timeout=30)
 
+    def terminate(self) -> None:
+        """SIGTERM without waiting (the arbiter stops its workers gracefully); `stop` waits."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)  # the arbiter stops its workers gracefully
+        self.terminate()
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:

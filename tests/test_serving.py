@@ -1,7 +1,9 @@
 """The scoring endpoint, end to end: real `bentoml serve` processes on tiny registered models.
 
-One server per configuration (module-scoped): shadow (most checks), split, champion_only, a
-challenger that raises, one that sleeps past its budget, one that is missing, and PostgreSQL.
+One server per configuration: shadow (most checks), split, champion_only, a challenger that raises,
+one that sleeps past its budget, one that is missing, and PostgreSQL. All of them start side by side
+once per session (`servers`): a server spends its start-up mostly importing, so starting them one
+after another would cost the sum of those waits instead of about the longest.
 The failing and slow challengers come from the test-only `challenger.fault` config hook (see
 serving/config.py), so the real server process is what is exercised.
 """
@@ -85,14 +87,6 @@ def sqlite_url(folder: Path) -> str:
     return f"sqlite:///{folder / 'decisions.db'}"
 
 
-def start(folder: Path, cfg: dict[str, Any]):
-    server = Server(folder, cfg).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def log_rows(url: str, table: str = "decisions") -> list[dict[str, Any]]:
     engine = sa.create_engine(url)
     try:
@@ -102,10 +96,71 @@ def log_rows(url: str, table: str = "decisions") -> list[dict[str, Any]]:
         engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def shadow(trained, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("shadow")
-    yield from start(folder, config(trained, sqlite_url(folder)))
+_engines: dict[str, sa.Engine] = {}
+
+
+def log_count(url: str, table: str = "decisions") -> int:
+    """Rows in the decision log (one engine per URL for the session: the fuzz asks hundreds of times)."""
+    engine = _engines.setdefault(url, sa.create_engine(url))
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+def _pg_available() -> str | None:
+    try:
+        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as e:
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+PG_TABLE = f"decisions_test_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def servers(trained, tmp_path_factory) -> dict[str, Server | str]:
+    """Every configuration's server, launched together; "postgres" holds the reason when absent."""
+    configs: dict[str, Any] = {
+        "shadow": {},
+        "split": {"routing": {"mode": "split", "split_share": 0.5}},
+        "champion_only": {"routing": {"mode": "champion_only"}},
+        "raising": {"challenger": {"fault": {"mode": "raise"}}},
+        "sleeping": {"challenger": {"budget_ms": 20, "fault": {"mode": "sleep", "sleep_ms": 500}}},
+        "missing": {"challenger": {"tag": "county-nothing:latest"}},
+    }
+    launched: dict[str, Server] = {}
+    for name, over in configs.items():
+        folder = tmp_path_factory.mktemp(name)
+        launched[name] = Server(folder, config(trained, sqlite_url(folder), **over)).launch()
+    pg_problem = _pg_available()
+    if pg_problem is None:
+        folder = tmp_path_factory.mktemp("postgres")
+        cfg = config(trained, PG_URL, decision_log={"url": PG_URL, "table": PG_TABLE})
+        launched["postgres"] = Server(folder, cfg).launch()
+    try:
+        for server in launched.values():
+            server.wait_ready()
+        yield {**launched, **({"postgres": pg_problem} if pg_problem else {})}
+    finally:
+        for server in launched.values():
+            server.terminate()
+        for server in launched.values():
+            server.stop()
+        for engine in _engines.values():
+            engine.dispose()
+        if pg_problem is None:
+            engine = sa.create_engine(PG_URL)
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {PG_TABLE}"))
+            engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def shadow(servers) -> Server:
+    return servers["shadow"]
 
 
 # --- shadow: the decision, the log, auth, probes ---------------------------------------------------
@@ -149,13 +204,23 @@ def test_abnormal_operation_is_declined_by_the_hard_rule_first(shadow: Server, b
     assert d["rate"] is None and d["credit_limit"] is None and d["reason_codes"][0] == "abnormal_operation"
 
 
+def test_a_null_table_means_no_records_and_the_body_is_checked_whole(shadow: Server, bodies) -> None:
+    body = json.loads(json.dumps(bodies[5]))
+    body["social_security_monthly"] = None
+    assert shadow.post("/score", body).status_code == 200
+    batch = shadow.post("/score_batch", {"applicants": bodies[:2], "priority": "high"})
+    assert batch.status_code == 422 and batch.json()["field"] == "priority"
+    junk = shadow.post_raw("/score_batch", b"{not json")
+    assert junk.status_code == 400 and junk.json()["error"] == "bad_json"
+
+
 def test_batch_scores_many_and_logs_each(shadow: Server, bodies) -> None:
-    before = len(log_rows(sqlite_url(shadow.folder)))
+    before = log_count(sqlite_url(shadow.folder))
     r = shadow.post("/score_batch", {"applicants": bodies[10:60]})
     assert r.status_code == 200, r.text
     out = r.json()["decisions"]
     assert [d["applicant_id"] for d in out] == [b["applicant"]["applicant_id"] for b in bodies[10:60]]
-    assert len(log_rows(sqlite_url(shadow.folder))) == before + 50
+    assert log_count(sqlite_url(shadow.folder)) == before + 50
     too_many = shadow.post("/score_batch", {"applicants": bodies[:501]})
     assert too_many.status_code == 422 and too_many.json()["field"] == "applicants"
 
@@ -211,6 +276,9 @@ BAD = [
     ),
     ("negative amount", ["tax_monthly", 0, "declared_sales"], -1.5, "tax_monthly[0].declared_sales"),
     ("records not a list", ["tax_monthly"], {"a": 1}, "tax_monthly"),
+    # BentoML's named-argument models drop unknown keys; the body is checked whole instead
+    ("unknown top-level key", ["surprise"], 1, "surprise"),
+    ("misspelt table", ["tax_montly"], 5, "tax_montly"),
 ]
 
 
@@ -221,7 +289,7 @@ def test_bad_input_is_a_4xx_naming_field_and_value_and_not_logged(
     base = next(b for b in bodies if b["tax_monthly"] and b["social_security_monthly"])
     if value == "APPMONTH":
         value = base["applicant"]["application_date"][:7] + "-01"
-    before = len(log_rows(sqlite_url(shadow.folder)))
+    before = log_count(sqlite_url(shadow.folder))
     r = shadow.post("/score", _bad(base, path, value))
     assert 400 <= r.status_code < 500, (case, r.status_code, r.text)
     err = r.json()
@@ -229,12 +297,12 @@ def test_bad_input_is_a_4xx_naming_field_and_value_and_not_logged(
     if value is not KeyError and not isinstance(value, dict):
         assert err["value"] == value
     assert field in err["message"]
-    assert len(log_rows(sqlite_url(shadow.folder))) == before
+    assert log_count(sqlite_url(shadow.folder)) == before
 
 
 def test_nan_infinite_duplicate_oversized_and_malformed(shadow: Server, bodies) -> None:
     base = next(b for b in bodies if len(b["tax_monthly"]) >= 2)
-    before = len(log_rows(sqlite_url(shadow.folder)))
+    before = log_count(sqlite_url(shadow.folder))
     for literal, shown in (("NaN", "nan"), ("Infinity", "inf"), ("1e999", "inf")):
         text = json.dumps(base).replace('"requested_amount": ', f'"requested_amount": {literal}, "x_": ', 1)
         r = shadow.post_raw("/score", text.encode())
@@ -252,7 +320,7 @@ def test_nan_infinite_duplicate_oversized_and_malformed(shadow: Server, bodies) 
     for junk in (b"{not json", b"[1, 2]", b'"text"'):
         r = shadow.post_raw("/score", junk)
         assert 400 <= r.status_code < 500 and "error" in r.json()
-    assert len(log_rows(sqlite_url(shadow.folder))) == before
+    assert log_count(sqlite_url(shadow.folder)) == before
 
 
 JSON = st.recursive(
@@ -291,10 +359,10 @@ def test_fuzz_never_5xx_and_only_decisions_are_logged(shadow: Server, bodies, da
             del node[key]
         else:
             node[key] = data.draw(JSON)
-    before = len(log_rows(sqlite_url(shadow.folder)))
+    before = log_count(sqlite_url(shadow.folder))
     r = shadow.post("/score", body)
     assert r.status_code < 500, r.text
-    after = len(log_rows(sqlite_url(shadow.folder)))
+    after = log_count(sqlite_url(shadow.folder))
     if r.status_code == 200:
         assert after == before + 1 and r.json()["decision"] in {"approve", "refer", "decline"}
     else:
@@ -335,12 +403,9 @@ def test_serving_imports_neither_torch_nor_lightning(shadow: Server) -> None:
 
 
 # --- routing modes ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def split(trained, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("split")
-    yield from start(
-        folder, config(trained, sqlite_url(folder), routing={"mode": "split", "split_share": 0.5})
-    )
+@pytest.fixture(scope="session")
+def split(servers) -> Server:
+    return servers["split"]
 
 
 def test_split_routes_by_hashed_applicant_id(split: Server, bodies) -> None:
@@ -359,10 +424,9 @@ def test_split_routes_by_hashed_applicant_id(split: Server, bodies) -> None:
     }
 
 
-@pytest.fixture(scope="module")
-def champion_only(trained, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("champion-only")
-    yield from start(folder, config(trained, sqlite_url(folder), routing={"mode": "champion_only"}))
+@pytest.fixture(scope="session")
+def champion_only(servers) -> Server:
+    return servers["champion_only"]
 
 
 def test_champion_only_never_scores_the_challenger(champion_only: Server, bodies) -> None:
@@ -374,10 +438,9 @@ def test_champion_only_never_scores_the_challenger(champion_only: Server, bodies
 
 
 # --- challenger isolation --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def raising(trained, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("raising")
-    yield from start(folder, config(trained, sqlite_url(folder), challenger={"fault": {"mode": "raise"}}))
+@pytest.fixture(scope="session")
+def raising(servers) -> Server:
+    return servers["raising"]
 
 
 def test_a_raising_challenger_never_fails_the_champion(raising: Server, bodies) -> None:
@@ -390,13 +453,9 @@ def test_a_raising_challenger_never_fails_the_champion(raising: Server, bodies) 
     assert {r["challenger_status"] for r in log_rows(sqlite_url(raising.folder))} == {"error"}
 
 
-@pytest.fixture(scope="module")
-def sleeping(trained, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sleeping")
-    cfg = config(
-        trained, sqlite_url(folder), challenger={"budget_ms": 20, "fault": {"mode": "sleep", "sleep_ms": 500}}
-    )
-    yield from start(folder, cfg)
+@pytest.fixture(scope="session")
+def sleeping(servers) -> Server:
+    return servers["sleeping"]
 
 
 def test_a_slow_challenger_never_delays_the_champion_beyond_its_budget(sleeping: Server, bodies) -> None:
@@ -417,10 +476,9 @@ def test_a_slow_challenger_never_delays_the_champion_beyond_its_budget(sleeping:
     assert "govrisk_challenger_failures_total" in metrics and 'status="timeout"' in metrics
 
 
-@pytest.fixture(scope="module")
-def missing(trained, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("missing")
-    yield from start(folder, config(trained, sqlite_url(folder), challenger={"tag": "county-nothing:latest"}))
+@pytest.fixture(scope="session")
+def missing(servers) -> Server:
+    return servers["missing"]
 
 
 def test_a_missing_challenger_is_recorded_and_the_champion_serves(missing: Server, bodies) -> None:
@@ -432,36 +490,14 @@ def test_a_missing_challenger_is_recorded_and_the_champion_serves(missing: Serve
 
 
 # --- PostgreSQL decision log -----------------------------------------------------------------------
-def _pg_available() -> str | None:
-    try:
-        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        engine.dispose()
-        return None
-    except Exception as e:
-        return f"{type(e).__name__}: {e}".splitlines()[0]
-
-
-@pytest.fixture(scope="module")
-def postgres(trained, tmp_path_factory):
-    problem = _pg_available()
-    if problem:
+@pytest.fixture(scope="session")
+def postgres(servers):
+    server = servers["postgres"]
+    if isinstance(server, str):
         if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL at {PG_URL} is required in CI: {problem}")
-        pytest.skip(f"no PostgreSQL at {PG_URL}: {problem}")
-    table = f"decisions_test_{uuid.uuid4().hex[:10]}"
-    folder = tmp_path_factory.mktemp("postgres")
-    cfg = config(trained, PG_URL, decision_log={"url": PG_URL, "table": table})
-    server = Server(folder, cfg).start()
-    try:
-        yield server, table
-    finally:
-        server.stop()
-        engine = sa.create_engine(PG_URL)
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
-        engine.dispose()
+            pytest.fail(f"PostgreSQL at {PG_URL} is required in CI: {server}")
+        pytest.skip(f"no PostgreSQL at {PG_URL}: {server}")
+    return server, PG_TABLE
 
 
 @pytest.mark.postgres

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from data.contract import load_contract
 from data.validate import validate_tables
 from serving.client import request_bodies
-from serving.request import BadInput, RequestParser
+from serving.request import Applicants, BadInput, RequestParser
 
 CONTRACT = load_contract("county")
 PARSER = RequestParser(contract=CONTRACT, lookback_months=24)
@@ -65,6 +66,49 @@ def test_batch_errors_name_the_applicant(bodies) -> None:
     assert {"applicants[1].applicant.applicant_id", "applicants[2].applicant.industry"} <= fields
 
 
+def _agree_with_pandera(body: dict[str, Any], where: str, col: str) -> None:
+    try:
+        PARSER.parse([body], today=TODAY)
+        served = True
+    except BadInput:
+        served = False
+    offline = validate_tables(_tables(body), CONTRACT)
+    assert served == offline.ok, (where, col, offline.errors[:3])
+
+
+# One edit per column type and per kind of failure (and a few that must pass): the default tier's
+# fast, fixed version of the property test below (pandera costs ~0.2 s per check).
+FIXED_EDITS = [
+    ("applicant", "requested_amount", 0.0),  # exclusive minimum
+    ("applicant", "registered_capital", 0.0),  # inclusive minimum: accepted
+    ("applicant", "legal_rep_age", 3.5),
+    ("applicant", "legal_rep_age", 30.0),  # a whole float for an int: accepted
+    ("applicant", "industry", "nonsense"),
+    ("applicant", "township", "T99"),  # open category: accepted
+    ("applicant", "has_mortgage", 1),
+    ("applicant", "registration_date", "2023-02-30"),
+    ("applicant", "entity_type", None),
+    ("tax_monthly", "declared_sales", float("nan")),
+    ("tax_monthly", "invoice_count", "3"),
+    ("tax_monthly", "taxpayer_type", "general"),
+    ("social_security_monthly", "insured_headcount", -2),
+    ("social_security_monthly", "arrears_flag", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("where", "col", "value"), FIXED_EDITS, ids=[f"{w}.{c}={v!r}" for w, c, v in FIXED_EDITS]
+)
+def test_parser_and_pandera_agree_on_fixed_edits(bodies, where: str, col: str, value: Any) -> None:
+    body = json.loads(json.dumps(bodies[0]))
+    if where == "applicant":
+        body["applicant"][col] = value
+    else:
+        body[where][0][col] = value
+    _agree_with_pandera(body, where, col)
+
+
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(data=st.data())
 def test_parser_and_pandera_contract_check_agree(bodies, data) -> None:
@@ -81,10 +125,103 @@ def test_parser_and_pandera_contract_check_agree(bodies, data) -> None:
         row = body[where][data.draw(st.integers(0, len(body[where]) - 1))]
         col = data.draw(st.sampled_from(list(CONTRACT.monthly[where].columns)))
         row[col] = data.draw(st.sampled_from(CANDIDATES[CONTRACT.monthly[where].columns[col].type]))
+    _agree_with_pandera(body, where, col)
+
+
+# --- the column-wise fast path against the value-by-value reference ---------------------------------
+def _same_columns(fast: Applicants, slow: Applicants) -> None:
+    for got, want in [(fast.applicants, slow.applicants)] + [
+        (fast.monthly[t], slow.monthly[t]) for t in CONTRACT.monthly
+    ]:
+        assert list(got) == list(want)
+        for k in want:
+            assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
+    assert fast.records == slow.records
+
+
+def test_fast_path_takes_valid_requests_and_equals_the_reference(bodies) -> None:
+    for batch in [[b] for b in bodies] + [bodies]:
+        fast = PARSER.parse_columns(batch, today=TODAY)
+        assert fast is not None
+        _same_columns(fast, PARSER.parse_values(batch, today=TODAY))
+
+
+EDIT_VALUES = [None, True, 0, 3, 3.5, -1.0, 10**400, float("nan"), float("inf"), "", "x", "retail",
+               "2023-01", "2023-01-01", "2023-13", "2023-02-30", "2999-01-01", [], {}, "x" * 300]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(data=st.data())
+def test_fast_path_accepts_only_what_the_reference_accepts(bodies, data) -> None:
+    """Any edit: the fast path either declines (the reference then decides) or equals the reference."""
+    body = json.loads(json.dumps(bodies[data.draw(st.integers(0, len(bodies) - 1))]))
+    where = data.draw(st.sampled_from(["top", "applicant", *CONTRACT.monthly]))
+    node = body if where == "top" else body["applicant"] if where == "applicant" else body[where][0]
+    key = data.draw(st.sampled_from([*node, "unexpected", CONTRACT.key]))
+    if key in node and data.draw(st.booleans()):
+        del node[key]
+    else:
+        node[key] = data.draw(st.sampled_from(EDIT_VALUES))
+    fast = PARSER.parse_columns([body], today=TODAY)
     try:
-        PARSER.parse([body], today=TODAY)
-        served = True
+        slow = PARSER.parse_values([body], today=TODAY)
     except BadInput:
-        served = False
-    offline = validate_tables(_tables(body), CONTRACT)
-    assert served == offline.ok, (where, col, offline.errors[:3])
+        assert fast is None, (where, key)
+        return
+    if fast is not None:
+        _same_columns(fast, slow)
+
+
+# --- the vectorised monthly aggregates against the column-at-a-time reference -----------------------
+def _aggregates_one_column(builder, name: str, spec, present: np.ndarray, v: np.ndarray) -> dict:
+    """The aggregates of one monthly column, computed alone (the formulation before vectorising)."""
+    from data.features import _last_index, _seq_value
+
+    T, W = builder.config.lookback_months, builder.config.trend_window
+    out: dict[str, np.ndarray] = {}
+    filled = np.where(present, v, 0.0)
+    for w in builder.config.windows:
+        cnt = present[:, T - w :].sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"{name}__mean_{w}m"] = np.where(cnt > 0, filled[:, T - w :].sum(1) / cnt, np.nan)
+        if spec.kind == "delinquency":
+            out[f"{name}__max_{w}m"] = np.where(
+                cnt > 0, np.where(present, v, -np.inf)[:, T - w :].max(1), np.nan
+            )
+    idx = _last_index(present)
+    out[f"{name}__last"] = np.where(idx >= 0, v[np.arange(len(v)), np.maximum(idx, 0)], np.nan)
+    if spec.kind == "delinquency":
+        li = _last_index(present & (v > 0))
+        out[f"{name}__months_since_late"] = np.where(li >= 0, T - li, T + 1).astype(np.float64)
+        return out
+    p = present[:, T - W :]
+    y = np.where(p, _seq_value(spec, filled[:, T - W :]), 0.0)
+    x = np.broadcast_to(np.arange(W, dtype=np.float64), p.shape)
+    n = p.sum(1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xm, ym = (x * p).sum(1) / n, y.sum(1) / n
+        dx, dy = np.where(p, x - xm[:, None], 0.0), np.where(p, y - ym[:, None], 0.0)
+        sxx = (dx * dx).sum(1)
+        out[f"{name}__slope_{W}m"] = np.where((n >= 3) & (sxx > 0), (dx * dy).sum(1) / sxx, np.nan)
+        out[f"{name}__volatility_{W}m"] = np.where(n >= 2, np.sqrt((dy * dy).sum(1) / n), np.nan)
+    return out
+
+
+@pytest.mark.parametrize("rows", [slice(0, 1), slice(7, 8), slice(0, 3000)], ids=["one", "another", "all"])
+def test_vectorised_aggregates_equal_one_column_at_a_time_bit_for_bit(
+    tiny_county, tiny_features, rows
+) -> None:
+    builder, _ = tiny_features
+    apps = tiny_county.applicants.iloc[rows].reset_index(drop=True)
+    _, located = builder._locate(apps, tiny_county.monthly)
+    dense = builder._dense(located, 0, len(apps))
+    for table, (present, cols) in dense.items():
+        got = builder._numeric_aggregates(table, present, cols)
+        assert got, table
+        for col, values in got.items():
+            want = _aggregates_one_column(
+                builder, f"{table}.{col}", builder.contract.monthly[table].columns[col], present, cols[col]
+            )
+            assert list(values) == list(want)  # same names, same order: the schema's feature order
+            for name, x in want.items():
+                assert np.ascontiguousarray(values[name]).tobytes() == x.tobytes(), name
