@@ -115,10 +115,13 @@ def _session(connections: int) -> aiohttp.ClientSession:
 
 
 async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> str | None:
-    """The request id of an acknowledged decision, None for anything else."""
-    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
-        data = await r.read()
-        return json.loads(data)["request_id"] if r.status == 200 else None
+    """The request id of an acknowledged decision, None for anything else (errors included)."""
+    try:
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+            data = await r.read()
+            return json.loads(data)["request_id"] if r.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError):
+        return None
 
 
 async def open_loop(
@@ -135,10 +138,7 @@ async def open_loop(
 
         async def one(i: int, scheduled: float) -> None:
             nonlocal errors
-            try:
-                rid = await _post(session, f"{url}/score", bodies[i % len(bodies)])
-            except (aiohttp.ClientError, TimeoutError):
-                rid = None
+            rid = await _post(session, f"{url}/score", bodies[i % len(bodies)])
             if rid is None:
                 errors += 1
             else:
@@ -170,10 +170,7 @@ async def closed_loop(
             i = k
             while time.perf_counter() < stop:
                 t = time.perf_counter()
-                try:
-                    rid = await _post(session, f"{url}/score", bodies[i % len(bodies)])
-                except (aiohttp.ClientError, TimeoutError):
-                    rid = None
+                rid = await _post(session, f"{url}/score", bodies[i % len(bodies)])
                 if rid is None:
                     errors += 1
                 else:

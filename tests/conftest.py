@@ -15,6 +15,17 @@ TINY_APPLICANTS = 3000
 TINY_SEED = 1
 
 
+def tiny_experiment(dataset: Path, kind: str, *, name: str, **params: object) -> dict:
+    """An experiment dict over a given county with the shipped vintage split (tests import it)."""
+    return {
+        "name": name,
+        "seed": 3,
+        "data": {"dataset": str(dataset), "features": "county"},
+        "split": {"kind": "vintage", "val_start": "2023-01", "oot_start": "2023-07"},
+        "model": {"kind": kind, "params": params},
+    }
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _work_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Everything the code under test writes goes to a temporary work folder."""

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from conftest import tiny_experiment
 from typer.testing import CliRunner
 
 from data.synthetic import generate, load_generator_config
@@ -28,13 +29,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def experiment(dataset: Path, kind: str, **params: object) -> dict:
-    return {
-        "name": f"report-{kind}",
-        "seed": 3,
-        "data": {"dataset": str(dataset), "features": "county"},
-        "split": {"kind": "vintage", "val_start": "2023-01", "oot_start": "2023-07"},
-        "model": {"kind": kind, "params": params},
-    }
+    return tiny_experiment(dataset, kind, name=f"report-{kind}", **params)
 
 
 # A small, quick CNN: the report's figures, not the model's quality, are under test here.

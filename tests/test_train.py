@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import tiny_experiment
 from typer.testing import CliRunner
 
 from govrisk.cli import app
@@ -19,14 +20,8 @@ from training.train import predictions, train
 RUN_FILES = {"config.yaml", "metrics.json", "model.onnx", "feature_schema.json", "lineage.json"}
 
 
-def experiment(dataset: Path, kind: str, **params) -> dict:
-    return {
-        "name": f"test-{kind}",
-        "seed": 3,
-        "data": {"dataset": str(dataset), "features": "county"},
-        "split": {"kind": "vintage", "val_start": "2023-01", "oot_start": "2023-07"},
-        "model": {"kind": kind, "params": params},
-    }
+def experiment(dataset: Path, kind: str, **params: object) -> dict:
+    return tiny_experiment(dataset, kind, name=f"test-{kind}", **params)
 
 
 FAST_NET = {"trainer": {"max_epochs": 4, "patience": 2, "batch_size": 256}}
