@@ -10,8 +10,9 @@ Real government data cannot ship, so every model is developed and measured here.
    arrears and penalties. Farms and individuals often have no tax or employer records; young firms
    have thin files; a few months are lost in the join.
 3. The 12-month default is drawn from a true PD that is logit-linear in the firm's realised
-   performance (health plus monthly luck) relative to its own past over the months it has existed
-   (level, trend, volatility), in recency-weighted stress events and in static facts and leverage.
+   performance (health plus monthly luck) relative to its own past over completed calendar quarters
+   on file (year on year and against the half-year before), in the volatility of its monthly
+   performance, in recency-weighted stress events and in static facts and leverage.
    The records are partial views of that state (quarterly filings, lost months, no tax file), so a
    model that reads the sequence well can approach the oracle while a plain 12-month average cannot.
 
@@ -398,8 +399,7 @@ def simulate_chunk(
         "reg_m": reg_m, "reg_day": reg_day, "capital": capital, "legal_rep_age": legal_rep_age,
         "property_count": property_count, "property_value": property_value, "has_mortgage": has_mortgage,
         "abnormal": abnormal, "penalties": penalties, "requested": requested, "true_pd": true_pd,
-        "default": default, "general": general, "cal": cal, "health": health, "performance": performance,
-        "active": active,
+        "default": default, "general": general, "cal": cal, "health": health,
         "tax_present": tax_present, "ss_present": ss_present,
         "tax": {
             "declared_sales": declared, "vat_paid": vat, "income_tax_paid": income_tax,
