@@ -189,7 +189,7 @@ def main() -> int:
     ap.add_argument("--challenger")
     ap.add_argument("--dataset")
     ap.add_argument("--seconds", type=float, default=60.0, help="open-loop duration")
-    ap.add_argument("--workers", type=int, default=1, help="BentoML worker processes")
+    ap.add_argument("--workers", type=int, default=2, help="BentoML worker processes (one per core)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -261,15 +261,31 @@ def main() -> int:
         report("peak, 32 closed-loop clients", f"{rps:.0f} req/s, {errors} errors", ">= 400 req/s, 0 errors",
                rps >= 400 and errors == 0)  # fmt: skip
 
-        # batch throughput
-        batch = bodies[:1000]
+        # batch throughput: the body is encoded once (the client's JSON encoding is not the server's
+        # time), one stream per worker so that every worker has a batch to decide
+        batch_body = json.dumps({"applicants": bodies[:1000]}).encode()
+
+        async def batches(streams: int, per_stream: int) -> int:
+            async with _session(streams) as session:
+
+                async def stream() -> int:
+                    done = 0
+                    for _ in range(per_stream):
+                        async with session.post(f"{server.url}/score_batch", data=batch_body,
+                                                headers={"Content-Type": "application/json"},
+                                                timeout=aiohttp.ClientTimeout(total=300)) as r:  # fmt: skip
+                            await r.read()
+                            done += 1000 if r.status == 200 else 0
+                    return done
+
+                return sum(await asyncio.gather(*(stream() for _ in range(streams))))
+
+        asyncio.run(batches(args.workers, 1))  # warm-up
         t = time.perf_counter()
-        for _ in range(5):
-            r = httpx.post(f"{server.url}/score_batch", json={"applicants": batch}, headers={"X-API-Key": API_KEY},
-                           timeout=300)  # fmt: skip
-            assert r.status_code == 200, r.text
-        aps = 5000 / (time.perf_counter() - t)
-        report("/score_batch, 1,000 per request", f"{aps:,.0f} applicants/s", ">= 5,000/s", aps >= 5000)
+        decided = asyncio.run(batches(args.workers, 4))
+        aps = decided / (time.perf_counter() - t)
+        report(f"/score_batch, 1,000 per request, {args.workers} streams", f"{aps:,.0f} applicants/s",
+               ">= 5,000/s", aps >= 5000 and decided == 4000 * args.workers)  # fmt: skip
         load_average("after the load figures")
 
         # BentoML overhead: endpoint latency over in-process scoring of the same applicant

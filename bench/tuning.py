@@ -1,6 +1,6 @@
 """Bench: 30 temporal-CNN trials on a 50,000-applicant county within 15 minutes, with pruning.
 
-Runs `govrisk tune --model cnn` (configs/search/cnn.yaml: TPE, median pruner, 6 epochs at most) as
+Runs `govrisk tune --model cnn` (configs/search/cnn.yaml: TPE, median pruner from the first epoch, 3 epochs at most) as
 `--workers` processes of one torch thread each on one fresh SQLite study in the work folder — on two
 cores, two single-threaded workers train about 1.4x faster than one worker with two threads. Prints
 the wall time, trials complete / pruned, the best trial's validation AUC against the default config's

@@ -25,6 +25,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from data.features import FeatureSet
 from govrisk.rating import MasterScale, load_master_scale
 from serving.config import ServingConfig, load_policy
@@ -48,10 +50,9 @@ def applicant_hash(applicant_id: str, salt: str) -> str:
 
 
 def input_digest(record: Any) -> str:
-    """sha256 of the request record in canonical JSON: proves later what was scored, holds no data."""
-    return hashlib.sha256(
-        json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode()
-    ).hexdigest()
+    """sha256 of the request record in canonical JSON (keys sorted, no spaces, UTF-8, as orjson writes
+    it): proves later what was scored, holds no data. orjson: json.dumps cost ~0.2 ms per applicant."""
+    return hashlib.sha256(orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Pending:
 
     batch: Applicants
     request_id: str
+    request_ids: list[str] | None  # one per applicant: single requests decided together (micro-batch)
     fs: FeatureSet
     champ: ModelOutput
     started: Any  # (future, start time), or a ChallengerResult when nothing runs
@@ -162,8 +164,15 @@ class Scorer:
         return ChallengerResult("ok", output=out, ms=ms)
 
     # --- decisions ------------------------------------------------------------------------------
-    def begin(self, batch: Applicants, *, request_id: str | None = None) -> Pending:
-        """Features, the challenger started beside the champion, the champion's scores."""
+    def begin(
+        self, batch: Applicants, *, request_id: str | None = None, request_ids: list[str] | None = None
+    ) -> Pending:
+        """Features, the challenger started beside the champion, the champion's scores.
+
+        `request_ids`: the applicants are separate requests decided together, one id each.
+        """
+        if request_ids is not None and len(request_ids) != len(batch):
+            raise ValueError(f"need one request id per applicant, got {len(request_ids)=} for {len(batch)=}")
         t0 = time.perf_counter()
         fs = self.features(self.champion, batch)
         t_feat = time.perf_counter()
@@ -173,6 +182,7 @@ class Scorer:
         return Pending(
             batch=batch,
             request_id=request_id or uuid.uuid4().hex,
+            request_ids=request_ids,
             fs=fs,
             champ=champ,
             started=started,
@@ -180,13 +190,6 @@ class Scorer:
             features_ms=(t_feat - t0) * 1000,
             champion_ms=(t_champ - t_feat) * 1000,
         )
-
-    def challenger_wait(self, pending: Pending) -> float:
-        """Seconds the challenger may still take (0 when there is nothing to wait for)."""
-        if isinstance(pending.started, ChallengerResult):
-            return 0.0
-        _, t0 = pending.started
-        return max(self._budget_ms(len(pending.batch)) / 1000 - (time.perf_counter() - t0), 0.0)
 
     def _budget_ms(self, n: int) -> float:
         return self.config.challenger.budget_ms + (BATCH_BUDGET_MS_PER_APPLICANT * n if n > 1 else 0.0)
@@ -196,10 +199,15 @@ class Scorer:
         return self._finish_challenger(pending.started, len(pending.batch))
 
     def score(
-        self, batch: Applicants, *, endpoint: str = "score", request_id: str | None = None
+        self,
+        batch: Applicants,
+        *,
+        endpoint: str = "score",
+        request_id: str | None = None,
+        request_ids: list[str] | None = None,
     ) -> list[dict]:
         """One decision record per applicant of a checked batch, waiting in this thread."""
-        pending = self.begin(batch, request_id=request_id)
+        pending = self.begin(batch, request_id=request_id, request_ids=request_ids)
         return self.finish(pending, self.collect(pending), endpoint=endpoint)
 
     def finish(self, pending: Pending, ch: ChallengerResult, *, endpoint: str) -> list[dict]:
@@ -221,8 +229,14 @@ class Scorer:
         # Python values (float, bool, str, datetime.date) of each applicant column in one C pass per
         # column, not one numpy scalar at a time: a batch's records cost less than its JSON.
         columns = {c: batch.applicants[c].tolist() for c in self.parser.applicant_columns}
+        rids = pending.request_ids
         records = []
         for i in range(n):
+            if rids is not None:  # separate requests: each its own request and decision
+                request_id = decision_id = rids[i]
+            else:
+                request_id = pending.request_id
+                decision_id = request_id if n == 1 else f"{request_id}-{i}"
             arm = (
                 arm_of(ids[i], share=routing.split_share, salt=routing.salt)
                 if self.mode == "split"
@@ -240,8 +254,8 @@ class Scorer:
                 ).decision
             codes = ([outcome.hard_rule] if outcome.hard_rule else []) + reasons[i]
             records.append({
-                "decision_id": pending.request_id if n == 1 else f"{pending.request_id}-{i}",
-                "request_id": pending.request_id,
+                "decision_id": decision_id,
+                "request_id": request_id,
                 "applicant_id": ids[i],
                 "created_at": now,
                 "endpoint": endpoint,
@@ -274,6 +288,7 @@ class Scorer:
                 "champion_ms": pending.champion_ms,
                 "challenger_ms": ch.ms,
                 "total_ms": total_ms,
+                "batch_size": n,
             })  # fmt: skip
         return records
 
@@ -281,7 +296,7 @@ class Scorer:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-RESPONSE_ONLY = {"applicant_id", "hard_rule_reason", "challenger_error"}
+RESPONSE_ONLY = {"applicant_id", "hard_rule_reason", "challenger_error", "batch_size"}
 
 
 def log_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -327,5 +342,6 @@ def response_of(record: dict[str, Any]) -> dict[str, Any]:
             "champion": round(record["champion_ms"], 3),
             "challenger": None if record["challenger_ms"] is None else round(record["challenger_ms"], 3),
             "scoring": round(record["total_ms"], 3),
+            "batch_size": record["batch_size"],  # applicants decided together (see serving.service)
         },
     }

@@ -321,6 +321,59 @@ def test_relative_channels_centre_each_applicant_on_its_months_on_file(tmp_path:
     assert info["max_abs_diff"] <= 1e-5
 
 
+def test_seasonal_channels_compare_each_month_with_the_same_month_a_year_before(tmp_path: Path) -> None:
+    """The seasonal channels hold x[t] - x[t-12] where the firm is on file in both months, else 0: a
+    firm whose every month repeats last year's (a pure seasonal pattern) has zero seasonal channels,
+    a level shift in the last year shows as that shift; the graph exports with parity."""
+    torch.manual_seed(0)
+    year = torch.randn(4, 12, 6)
+    seq = torch.cat([year, year], dim=1)  # 24 months, the second year repeats the first
+    seq[:, :3, :] = 0.0  # not on file for the first 3 months
+    cfg = {**TINY_CNN["net"], "seasonal_lag": 12, "sequence_bins": 0}  # stem: [raw | seasonal | static]
+    net = build_net("cnn", cfg, n_channels=6, n_static=3).eval()
+    captured: list[Tensor] = []
+    hook = net.stem.register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
+    shifted = seq.clone()
+    shifted[:, 12:, :] += 0.5
+    with torch.inference_mode():
+        net(seq, torch.zeros(4, 3))
+        net(shifted, torch.zeros(4, 3))
+    hook.remove()
+    same, moved = (x[:, 6:12, :] for x in captured)  # [raw C | seasonal C | static context]
+    assert torch.all(same == 0)  # a repeat of last year
+    assert torch.all(moved[:, :, :15] == 0)  # no month a year before (first 12), or it was not on file
+    torch.testing.assert_close(moved[:, :, 15:], torch.full_like(moved[:, :, 15:], 0.5), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="seasonal_lag 12 needs more than 12 months"):
+        net(seq[:, :12], torch.zeros(4, 3))
+    check = (shifted.numpy(), np.zeros((4, 3), dtype=np.float32))
+    info = export_onnx(
+        Calibrated(net, a=1.0, b=0.0).eval(),
+        tuple(torch.from_numpy(x[:2]) for x in check),
+        tmp_path / "seasonal.onnx",
+        input_names=["sequence", "static"],
+        check_inputs=check,
+    )
+    assert info["max_abs_diff"] <= 1e-5
+
+
+def test_ema_weights_are_validated_checkpointed_and_returned(
+    county: tuple[FeatureSet, FeatureSet], tmp_path: Path
+) -> None:
+    """With `trainer.ema_decay`, the best checkpoint holds the averaged weights (the raw ones beside
+    them), and the net that `fit_net` returns, calibrates and exports is the averaged one."""
+    train, val = county
+    cfg = {**TINY_CNN, "trainer": {**TINY_CNN["trainer"], "max_epochs": 2, "ema_decay": 0.9}}
+    fit = fit_net(CnnConfig.model_validate(cfg), train, val, default_root_dir=tmp_path)
+    ckpt = torch.load(fit.best_path, map_location="cpu", weights_only=False)
+    averaged, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    name = "net.stem.0.weight"
+    assert not torch.equal(averaged[name], raw[name])  # the average is not the last step's weights
+    torch.testing.assert_close(fit.module.state_dict()[name], averaged[name], atol=0, rtol=0)
+    assert fit.metrics["val/auroc"] > 0.6
+    with pytest.raises(ValueError, match="ema_decay"):
+        CnnConfig.model_validate({**TINY_CNN, "trainer": {**TINY_CNN["trainer"], "ema_decay": 1.0}})
+
+
 def test_onnx_parity_both_nets(fitted: dict, county: tuple[FeatureSet, FeatureSet], tmp_path: Path) -> None:
     _, val = county
     for kind in ("cnn", "tabular"):

@@ -225,6 +225,35 @@ def test_batch_scores_many_and_logs_each(shadow: Server, bodies) -> None:
     assert too_many.status_code == 422 and too_many.json()["field"] == "applicants"
 
 
+def test_concurrent_requests_are_decided_together_each_answered_alone(shadow: Server, bodies) -> None:
+    """Concurrent /score requests share a micro-batch, but each keeps its own request id, its own
+    answer (equal to the same request sent alone), its own 422, and its own log record; two requests
+    for one applicant are never in one batch."""
+    import asyncio
+
+    alone = {b["applicant"]["applicant_id"]: shadow.post("/score", b).json() for b in bodies[20:23]}
+    bad = json.loads(json.dumps(bodies[30]))
+    bad["applicant"]["requested_amount"] = -5
+    sent = [*bodies[20:40], bad, bodies[20], bodies[21]]
+    before = log_count(sqlite_url(shadow.folder))
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=shadow.url, headers={"X-API-Key": API_KEY}, timeout=60) as c:
+            return await asyncio.gather(*(c.post("/score", json=b) for b in sent))
+
+    answers = asyncio.run(send_all())
+    assert [r.status_code for r in answers] == [200] * 20 + [422] + [200, 200]
+    assert answers[20].json()["field"] == "applicant.requested_amount"
+    decided = [r.json() for r in answers if r.status_code == 200]
+    assert len({d["request_id"] for d in decided}) == len(decided)
+    assert max(d["timings_ms"]["batch_size"] for d in decided) > 1  # some were decided together
+    for d in decided:
+        if d["applicant_id"] in alone:
+            assert d["pd"] == alone[d["applicant_id"]]["pd"]
+            assert d["challenger"]["pd"] == alone[d["applicant_id"]]["challenger"]["pd"]
+    assert log_count(sqlite_url(shadow.folder)) - before == len(decided)
+
+
 def test_api_key_required_but_probes_and_metrics_open(shadow: Server, bodies) -> None:
     for key in (None, "wrong-key"):
         for path, body in (("/score", bodies[0]), ("/score_batch", {"applicants": bodies[:2]})):

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
@@ -68,6 +68,7 @@ class TrainerConfig(_Strict):
     patience: int = Field(ge=1, le=1000)
     batch_size: Annotated[int, Field(ge=1, le=1_000_000)]
     seed: int = Field(default=0, ge=0)
+    ema_decay: float = Field(default=0.0, ge=0, lt=1)  # > 0: validate, keep and export EMA weights
 
 
 Calibration = Literal["platt", "temperature", "none"]
@@ -499,6 +500,7 @@ def make_trainer(
     monitor: str = MONITOR,
     gradient_clip_val: float | None = None,
     logger: bool = True,
+    ema_decay: float = 0.0,
     extra_callbacks: Sequence[L.Callback] = (),
 ) -> L.Trainer:
     """A Trainer with early stopping and best-checkpointing on `val/auroc` (mode max).
@@ -522,6 +524,11 @@ def make_trainer(
         ),
         *extra_callbacks,  # e.g. Optuna's pruning callback
     ]
+    if ema_decay > 0:
+        # An exponential moving average of the weights, swapped in for validation and written to the
+        # checkpoints (Lightning's callback): early stopping, the best checkpoint and the export all
+        # see the averaged net, which is smoother in time than the last minibatch's weights.
+        callbacks.append(EMAWeightAveraging(decay=ema_decay))
     return L.Trainer(
         max_epochs=max_epochs,
         accelerator=accelerator,
@@ -637,6 +644,7 @@ def fit_net(
         strategy=strategy,
         enable_progress_bar=enable_progress_bar,
         gradient_clip_val=o.grad_clip,
+        ema_decay=cfg.trainer.ema_decay,
         extra_callbacks=callbacks,
     )
     trainer.fit(module, datamodule=dm)

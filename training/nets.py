@@ -52,6 +52,7 @@ class CnnNetConfig(_Strict):
     static_bins: int = Field(default=0, ge=0, le=64)
     norm: Literal["batch", "none"] = "none"
     relative: bool = False
+    seasonal_lag: int = Field(default=0, ge=0, le=36)
     head_hidden: Width
     ensemble_size: int = Field(default=1, ge=1, le=64)
 
@@ -168,6 +169,7 @@ class TemporalConvNet(nn.Module):
         static_bins: int = 0,
         norm: Literal["batch", "none"] = "none",
         relative: bool = False,
+        seasonal_lag: int = 0,
         ensemble_size: int = 1,
     ) -> None:
         super().__init__()
@@ -187,6 +189,7 @@ class TemporalConvNet(nn.Module):
             "static_bins": static_bins,
             "norm": norm,
             "relative": relative,
+            "seasonal_lag": seasonal_lag,
             "head_hidden": head_hidden,
             "ensemble_size": ensemble_size,
         }
@@ -197,6 +200,13 @@ class TemporalConvNet(nn.Module):
         # otherwise dominates the log amounts the convolutions see. The features mark a month that is
         # not on file with an exact 0, so the mask needs no channel names and reads the same in ONNX.
         self.relative = relative
+        # Seasonal differences: each channel minus its value `seasonal_lag` months earlier, where the
+        # firm is on file in both months (else 0). Lenders read sales year on year ("this spring
+        # against last spring"), which takes out the firm's seasonality; causal convolutions would
+        # otherwise need a 12-month dilation path to line up the same calendar month. 0 = off.
+        if seasonal_lag < 0:
+            raise ValueError(f"seasonal_lag must be >= 0, got {seasonal_lag=}")
+        self.seasonal_lag = seasonal_lag
         # Static context broadcast to every month: sales seasonality depends on industry and entity,
         # so the convolutions can only read "sales are low for this kind of firm in this month" if they
         # know the kind of firm. 0 turns it off.
@@ -211,7 +221,7 @@ class TemporalConvNet(nn.Module):
         self.static_ple = (
             PiecewiseLinearEncoding(n_features=n_static, n_bins=static_bins) if static_bins else None
         )
-        c_in = n_channels * (1 + sequence_bins + int(relative)) + static_to_sequence
+        c_in = n_channels * (1 + sequence_bins + int(relative) + int(seasonal_lag > 0)) + static_to_sequence
         if stem_hidden > 0:
             # A per-month MLP before any temporal mixing: interactions such as (industry x calendar
             # month) -> expected seasonal sales need a nonlinearity, a linear 1x1 projection cannot.
@@ -275,6 +285,14 @@ class TemporalConvNet(nn.Module):
             on = (sequence != 0).to(sequence.dtype)
             own_mean = (sequence * on).sum(dim=1, keepdim=True) / on.sum(dim=1, keepdim=True).clamp(min=1.0)
             parts.append((sequence - own_mean) * on)
+        lag = self.seasonal_lag
+        if lag:
+            if sequence.shape[1] <= lag:
+                raise ValueError(f"seasonal_lag {lag} needs more than {lag} months, got {sequence.shape=}")
+            on = (sequence != 0).to(sequence.dtype)
+            now, before = sequence[:, lag:], sequence[:, :-lag]
+            diff = (now - before) * on[:, lag:] * on[:, :-lag]
+            parts.append(torch.cat([torch.zeros_like(sequence[:, :lag]), diff], dim=1))
         sequence = torch.cat(parts, dim=2) if len(parts) > 1 else sequence
         x = sequence.transpose(1, 2)  # [N, C', T]: Conv1d wants channels first
         if self.static_to_seq is not None:
