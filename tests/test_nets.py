@@ -290,6 +290,30 @@ def test_configs_refuse_bad_values() -> None:
 # --- ONNX ---------------------------------------------------------------------------------------------
 
 
+def _stem_inputs(net: torch.nn.Module, *sequences: Tensor) -> list[Tensor]:
+    """What the stem of a CNN (6 monthly channels, 3 static) reads for each sequence:
+    [raw channels | derived channels | static context] x months."""
+    captured: list[Tensor] = []
+    hook = net.stem.register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
+    with torch.inference_mode():
+        for seq in sequences:
+            net(seq, torch.zeros(len(seq), 3))
+    hook.remove()
+    return captured
+
+
+def _exports_with_parity(net: torch.nn.Module, seq: Tensor, path: Path) -> None:
+    check = (seq.numpy(), np.zeros((len(seq), 3), dtype=np.float32))
+    info = export_onnx(
+        Calibrated(net, a=1.0, b=0.0).eval(),
+        tuple(torch.from_numpy(x[:2]) for x in check),
+        path,
+        input_names=["sequence", "static"],
+        check_inputs=check,
+    )
+    assert info["max_abs_diff"] <= 1e-5
+
+
 def test_relative_channels_centre_each_applicant_on_its_months_on_file(tmp_path: Path) -> None:
     """A firm twice the size (a shift of its log amounts on the months it is on file) looks the same
     to the relative channels; months not on file (exact 0) stay 0; the graph exports with parity."""
@@ -298,27 +322,14 @@ def test_relative_channels_centre_each_applicant_on_its_months_on_file(tmp_path:
     seq[:, :10, :] = 0.0  # not on file for the first 10 months
     cfg = {**TINY_CNN["net"], "relative": True, "sequence_bins": 0}  # stem input: [raw | relative | static]
     net = build_net("cnn", cfg, n_channels=6, n_static=3).eval()
-    captured: list[Tensor] = []
-    hook = net.stem.register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
     shifted = seq.clone()
     shifted[:, 10:, :] += 0.7
-    with torch.inference_mode():
-        net(seq, torch.zeros(4, 3))
-        net(shifted, torch.zeros(4, 3))
-    hook.remove()
-    rel_a, rel_b = (x[:, 6:12, :] for x in captured)  # [raw C | relative C | static context]
+    captured = _stem_inputs(net, seq, shifted)
+    rel_a, rel_b = (x[:, 6:12, :] for x in captured)
     torch.testing.assert_close(rel_a, rel_b, atol=1e-5, rtol=0)
     assert torch.all(rel_a[:, :, :10] == 0)
     assert not torch.allclose(captured[0][:, :6], captured[1][:, :6])  # the raw channels do move
-    check = (seq.numpy(), np.zeros((4, 3), dtype=np.float32))
-    info = export_onnx(
-        Calibrated(net, a=1.0, b=0.0).eval(),
-        tuple(torch.from_numpy(x[:2]) for x in check),
-        tmp_path / "relative.onnx",
-        input_names=["sequence", "static"],
-        check_inputs=check,
-    )
-    assert info["max_abs_diff"] <= 1e-5
+    _exports_with_parity(net, seq, tmp_path / "relative.onnx")
 
 
 def test_seasonal_channels_compare_each_month_with_the_same_month_a_year_before(tmp_path: Path) -> None:
@@ -331,29 +342,15 @@ def test_seasonal_channels_compare_each_month_with_the_same_month_a_year_before(
     seq[:, :3, :] = 0.0  # not on file for the first 3 months
     cfg = {**TINY_CNN["net"], "seasonal_lag": 12, "sequence_bins": 0}  # stem: [raw | seasonal | static]
     net = build_net("cnn", cfg, n_channels=6, n_static=3).eval()
-    captured: list[Tensor] = []
-    hook = net.stem.register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
     shifted = seq.clone()
     shifted[:, 12:, :] += 0.5
-    with torch.inference_mode():
-        net(seq, torch.zeros(4, 3))
-        net(shifted, torch.zeros(4, 3))
-    hook.remove()
-    same, moved = (x[:, 6:12, :] for x in captured)  # [raw C | seasonal C | static context]
+    same, moved = (x[:, 6:12, :] for x in _stem_inputs(net, seq, shifted))
     assert torch.all(same == 0)  # a repeat of last year
     assert torch.all(moved[:, :, :15] == 0)  # no month a year before (first 12), or it was not on file
     torch.testing.assert_close(moved[:, :, 15:], torch.full_like(moved[:, :, 15:], 0.5), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="seasonal_lag 12 needs more than 12 months"):
         net(seq[:, :12], torch.zeros(4, 3))
-    check = (shifted.numpy(), np.zeros((4, 3), dtype=np.float32))
-    info = export_onnx(
-        Calibrated(net, a=1.0, b=0.0).eval(),
-        tuple(torch.from_numpy(x[:2]) for x in check),
-        tmp_path / "seasonal.onnx",
-        input_names=["sequence", "static"],
-        check_inputs=check,
-    )
-    assert info["max_abs_diff"] <= 1e-5
+    _exports_with_parity(net, shifted, tmp_path / "seasonal.onnx")
 
 
 def test_ema_weights_are_validated_checkpointed_and_returned(
