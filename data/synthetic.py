@@ -341,9 +341,13 @@ def simulate_chunk(
         2,
     )
 
+    # Which months have a record, over the whole simulated span; the dataset keeps the history part,
+    # `data.outcomes` the forward part (the months of the loan) when time is played forward.
     hist = np.arange(L)[None, :] < H
-    tax_present = hist & active & has_tax[:, None] & (general[:, None] | quarter_end) & ~gap
-    ss_present = hist & active & employer[:, None] & ~np.roll(gap, 1, axis=1)
+    tax_on_file = active & has_tax[:, None] & (general[:, None] | quarter_end) & ~gap
+    ss_on_file = active & employer[:, None] & ~np.roll(gap, 1, axis=1)
+    tax_present = hist & tax_on_file
+    ss_present = hist & ss_on_file
 
     # --- true PD at application -------------------------------------------------------------------
     p = cfg.pd
@@ -401,6 +405,7 @@ def simulate_chunk(
         "abnormal": abnormal, "penalties": penalties, "requested": requested, "true_pd": true_pd,
         "default": default, "general": general, "cal": cal, "health": health,
         "tax_present": tax_present, "ss_present": ss_present,
+        "tax_forward": tax_on_file & ~hist, "ss_forward": ss_on_file & ~hist,
         "tax": {
             "declared_sales": declared, "vat_paid": vat, "income_tax_paid": income_tax,
             "invoice_count": invoice_count, "invoice_amount": invoice_amount, "filed_on_time": ~late,
@@ -419,9 +424,43 @@ def _dates(m: np.ndarray, day: np.ndarray) -> pa.Array:
     return pa.array((first + day - 1).astype(np.int32)).cast(pa.date32())
 
 
+def applicant_ids(first_id: int, n: int) -> pa.Array:
+    """The ids of `n` applicants from the `first_id`-th of a dataset on (1-based): C00000001, ..."""
+    return pa.array([f"C{k:08d}" for k in range(first_id, first_id + n)], type=pa.string())
+
+
+def monthly_tables(
+    sim: dict[str, Any], ids: pa.Array, *, forward: bool = False, rows: np.ndarray | None = None
+) -> dict[str, pa.Table]:
+    """The monthly tables of a simulated chunk in the contract's long format: the history months
+    (what `generate` writes) or, with `forward`, the months from the application month on (what
+    `data.outcomes` plays forward). `rows` (a boolean mask over the chunk) keeps only those applicants."""
+
+    def long(present: np.ndarray, columns: dict[str, np.ndarray], extra: dict[str, pa.Array]) -> pa.Table:
+        if rows is not None:
+            present = present & rows[:, None]
+        r, steps = np.nonzero(present)  # row-major: sorted by applicant, then month
+        out = {
+            "applicant_id": pa.DictionaryArray.from_arrays(
+                pa.array(r.astype(np.int32)), ids
+            ).dictionary_decode(),
+            "month": month_to_date32(sim["cal"][r, steps]),
+        }
+        out |= {k: v.take(pa.array(r)) for k, v in extra.items()}
+        out |= {k: v[r, steps] for k, v in columns.items()}
+        return pa.table(out)
+
+    tax, ss = ("tax_forward", "ss_forward") if forward else ("tax_present", "ss_present")
+    taxpayer = pa.array(np.where(sim["general"], "general", "small_scale").astype(object), type=pa.string())
+    return {
+        "tax_monthly": long(sim[tax], sim["tax"], {"taxpayer_type": taxpayer}),
+        "social_security_monthly": long(sim[ss], sim["ss"], {}),
+    }
+
+
 def _chunk_tables(cfg: GeneratorConfig, sim: dict[str, Any], first_id: int) -> dict[str, pa.Table]:
     n = len(sim["entity"])
-    ids = pa.array([f"C{k:08d}" for k in range(first_id, first_id + n)], type=pa.string())
+    ids = applicant_ids(first_id, n)
     ent_names, ind_names = list(cfg.entities), list(cfg.industries)
     applicants = pa.table({
         "applicant_id": ids,
@@ -440,24 +479,9 @@ def _chunk_tables(cfg: GeneratorConfig, sim: dict[str, Any], first_id: int) -> d
         "requested_amount": sim["requested"],
         "default_12m": sim["default"],
     })  # fmt: skip
-
-    def long(present: np.ndarray, columns: dict[str, np.ndarray], extra: dict[str, pa.Array]) -> pa.Table:
-        rows, steps = np.nonzero(present)  # row-major: sorted by applicant, then month
-        out = {
-            "applicant_id": pa.DictionaryArray.from_arrays(
-                pa.array(rows.astype(np.int32)), ids
-            ).dictionary_decode(),
-            "month": month_to_date32(sim["cal"][rows, steps]),
-        }
-        out |= {k: v.take(pa.array(rows)) for k, v in extra.items()}
-        out |= {k: v[rows, steps] for k, v in columns.items()}
-        return pa.table(out)
-
-    taxpayer = pa.array(np.where(sim["general"], "general", "small_scale").astype(object), type=pa.string())
     return {
         "applicants": applicants,
-        "tax_monthly": long(sim["tax_present"], sim["tax"], {"taxpayer_type": taxpayer}),
-        "social_security_monthly": long(sim["ss_present"], sim["ss"], {}),
+        **monthly_tables(sim, ids),
         TRUTH_TABLE: pa.table({"applicant_id": ids, "true_pd": sim["true_pd"]}),
     }
 

@@ -204,12 +204,14 @@ def models_verify(tag: Annotated[str, typer.Argument(help="Model tag, e.g. count
     out.print(f"[green]ok[/green] {tag}: {path / 'model.onnx'} sha256 {meta['onnx_sha256']}")
 
 
-# Research and serving keep their commands beside their code; imports inside commands stay lazy.
+# Research, serving and monitoring keep their commands beside their code; imports inside commands stay lazy.
+from monitoring.cli import register as _register_monitoring  # noqa: E402
 from research.cli import register as _register_research  # noqa: E402
 from serving.cli import register as _register_serving  # noqa: E402
 
 _register_research(app, models_app)
 _register_serving(app)
+_register_monitoring(app, data_app)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -409,18 +409,89 @@ def _policy(r: dict[str, Any]) -> str:
     return f"<pre>{html.escape(json.dumps(r['policy'], indent=1))}</pre>"
 
 
+def _alerts(r: dict[str, Any]) -> str:
+    a = r["alerts"]
+    rows = [[('<b class="pass">OK</b>' if c["passed"] else '<b class="fail">BREACH</b>'), html.escape(c["check"]),
+             _value(c["value"]), html.escape(c["threshold"]), html.escape(c["detail"])] for c in a["checks"]]  # fmt: skip
+    head = (f'<div class="decision hold">{len(a["breaches"])} alert(s): {html.escape(", ".join(a["breaches"]))}</div>'
+            if a["breaches"] else '<div class="decision promote">No alert: every monitored figure is within its threshold.</div>')  # fmt: skip
+    return (head + _table(["", "alert", "figure", "threshold", "detail"], rows)
+            + "<p>Thresholds: <code>live.alerts</code> of the monitoring config (in <code>monitoring_config</code> of report.json).</p>")  # fmt: skip
+
+
+def _rate_cell(x: dict[str, Any]) -> str:
+    return f"{x['n']:,}, bad rate {_pct(x['bad_rate'])}"
+
+
+def _live(r: dict[str, Any]) -> str:
+    lv = r["live"]
+    c = lv["counts"]
+    count_rows = [[html.escape(k.replace("_", " ")), f"{v:,}"] for k, v in c.items()]
+    ops = lv["operations"]
+    lat_rows = []
+    for endpoint, figures in ops["latency_ms"].items():
+        for name, q in figures.items():
+            if q is not None:
+                lat_rows.append([html.escape(endpoint), html.escape(name), f"{q['n']:,}", f"{q['p50']:.2f}",
+                                 f"{q['p95']:.2f}", f"{q['p99']:.2f}", f"{q['max']:.2f}"])  # fmt: skip
+    s = lv["decision_swap"]
+    swap_rows = [["champion approves (decisions taken)", f"{_pct(s['champion_approval_rate'])} of applications; "
+                  + _rate_cell(s["champion_approved"])],
+                 ["challenger would approve", f"{_pct(s['challenger_approval_rate'])} of applications; "
+                  + _rate_cell(s["challenger_approved"])],
+                 ["swapped in (challenger approves, champion does not)", _rate_cell(s["swap_in"])],
+                 ["swapped out (champion approves, challenger does not)", _rate_cell(s["swap_out"])],
+                 ["both approve", _rate_cell(s["both_approve"])],
+                 ["neither approves", _rate_cell(s["neither_approves"])]]  # fmt: skip
+    o = lv["offline_vs_live"]
+    auc_rows = [[html.escape(role), _fmt(o[role]["offline_oot_auc"]),
+                 f"{o[role]['live_auc']:.4f} <span class=ci>[{o[role]['live_auc_low']:.4f}, {o[role]['live_auc_high']:.4f}]</span>",
+                 _fmt(lv["input_parity"]["max_abs_pd_difference"][role], ".2e")] for role in ROLES]  # fmt: skip
+    out = [_table(["applications", "count"], count_rows),
+           f"<p>Routing modes in the log: {html.escape(json.dumps(lv['routing_modes']))}; outcomes are mature once observed "
+           f"{lv['outcome_window_months']} months after the application month (or a default).</p>",
+           "<h3>Offline against live</h3>",
+           _table(["model", "offline OOT AUC (metrics.json)", "live AUC [interval]", "max |logged − rescored PD|"], auc_rows),
+           "<h3>Swap sets of the real decisions</h3>",
+           "<p>The decision each model took or would have taken under the credit policy (a referral is not an approval), "
+           "with the realised bad rates (Jeffreys intervals in report.json).</p>",
+           _table(["set", "applications, bad rate"], swap_rows)]  # fmt: skip
+    if lv["split"] is not None:
+        sp = lv["split"]
+        arm_rows = [[html.escape(arm), f"{a['applicants']:,}", _pct(a["approval_rate"]), _rate_cell(a["approved"]),
+                     _pct(a["mean_pd_of_approved"]), _fmt(a["auc_of_deciding_pd"])] for arm, a in sp["arms"].items()]  # fmt: skip
+        out += ["<h3>Split arms</h3>",
+                _table(["arm", "applicants", "approval rate", "approved, bad rate", "mean PD of the approved",
+                        "AUC of the deciding model"], arm_rows),
+                f"<p>Fisher's exact test of the approved bad rates of the two arms: p = {_fmt(sp['approved_bad_rate_fisher_p'], '.3g')}.</p>"]  # fmt: skip
+    out += ["<h3>Challenger answers and latency</h3>",
+            f"<p>Challenger status: {html.escape(json.dumps(ops['challenger_status']))}; error rate "
+            f"{_pct(ops['challenger_error_rate'])} of {ops['challenger_due']:,} decisions that asked it.</p>",
+            _table(["endpoint", "timing", "decisions", "p50 ms", "p95 ms", "p99 ms", "max ms"], lat_rows)]  # fmt: skip
+    return "".join(out)
+
+
+# (key, title, renderer); a live report (with `alerts`) adds its own sections. Numbered in order.
 SECTIONS = [
-    ("recommendation", "1. Recommendation", _recommendation),
-    ("data", "2. Data and populations", _data),
-    ("discrimination", "3. Discrimination", _discrimination),
-    ("calibration", "4. Calibration", _calibration),
-    ("grades", "5. Rating grades", _grades),
-    ("stability", "6. Stability", _stability),
-    ("swap", "7. Swap sets", _swap),
-    ("segments", "8. Segments", _segments),
-    ("lineage", "9. Lineage", _lineage),
-    ("policy", "10. Policy", _policy),
+    ("recommendation", "Recommendation", _recommendation),
+    ("data", "Data and populations", _data),
+    ("discrimination", "Discrimination", _discrimination),
+    ("calibration", "Calibration", _calibration),
+    ("grades", "Rating grades", _grades),
+    ("stability", "Stability", _stability),
+    ("swap", "Swap sets", _swap),
+    ("segments", "Segments", _segments),
+    ("lineage", "Lineage", _lineage),
+    ("policy", "Policy", _policy),
 ]
+LIVE_SECTIONS = [("alerts", "Alerts", _alerts), ("live", "Live decisions", _live)]
+
+
+def sections(report: dict[str, Any]) -> list[tuple[str, str, Callable[[dict[str, Any]], str]]]:
+    """The page's sections, numbered: a live report starts with its alerts and live figures."""
+    chosen = [*LIVE_SECTIONS, *SECTIONS] if "alerts" in report else SECTIONS
+    return [(key, f"{i}. {title}", fn) for i, (key, title, fn) in enumerate(chosen, start=1)]
+
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:1em 2em;color:#222}
@@ -435,9 +506,10 @@ figcaption{color:#555;font-size:.85em}nav ol{columns:2;font-size:.9em}
 
 def render_html(report: dict[str, Any]) -> str:
     """The whole page as one string (UTF-8)."""
-    nav = "".join(f'<li><a href="#{key}">{html.escape(title)}</a></li>' for key, title, _ in SECTIONS)
+    numbered = sections(report)
+    nav = "".join(f'<li><a href="#{key}">{html.escape(title)}</a></li>' for key, title, _ in numbered)
     body = "".join(f'<section id="{key}"><h2>{html.escape(title)}</h2>{fn(report)}</section>'
-                   for key, title, fn in SECTIONS)  # fmt: skip
+                   for key, title, fn in numbered)  # fmt: skip
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(report['title'])}</title><style>{CSS}</style></head><body>"

@@ -9,11 +9,15 @@ training data. Every figure of discrimination, calibration, grades, swap sets an
 computed on the evaluation rows; stability compares evaluation with development.
 
 The result is one dict (`build_report`), written as `report.json` and rendered to a self-contained
-`report.html` by `research.render` (`write_report`).
+`report.html` by `research.render` (`write_report`). Every figure is computed from arrays by
+`report_from_scores` (outcomes, both models' PDs, the champion's raw characteristics, segments of a
+development and an evaluation population): the offline report scores a dataset to get them, the live
+report (`monitoring.live`) reads them from the decision log joined to observed outcomes.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 from dataclasses import dataclass
@@ -142,6 +146,28 @@ def _labels(ds: Dataset, rows: np.ndarray) -> np.ndarray:
     return ds.applicants[label].to_numpy()[rows].astype(int)
 
 
+def development_population(challenger: ModelRef, policy: Policy) -> tuple[Population, Path, str, list[str]]:
+    """The policy's `development` rows (train + validation) of the challenger's training data, split
+    by the challenger's own config: the "expected" population of every PSI and CSI. Returns the rows,
+    the dataset's path and verified hash, and notes for the report (a dataset changed since training)."""
+    from training.config import experiment_from_dict
+    from training.train import dataset_path, split_indices
+
+    cfg, _ = experiment_from_dict(challenger.config, source=f"{challenger.label} config.yaml")
+    train_path = dataset_path(cfg.data)
+    train_ds, train_hash = read_dataset(train_path), verify_hash(train_path)
+    notes = []
+    if train_hash != challenger.lineage["data_hash"]:
+        notes.append(
+            f"the challenger's training data at {train_path} has changed since training "
+            f"(hash {train_hash[:12]} != {challenger.lineage['data_hash'][:12]})"
+        )
+    split = split_indices(train_ds, cfg.split)
+    dev = Population(train_ds, np.concatenate([split[s] for s in policy.development]),
+                     f"{' + '.join(policy.development)} rows of {train_path}")  # fmt: skip
+    return dev, train_path, train_hash, notes
+
+
 def populations(
     challenger: ModelRef, data: Path | None, policy: Policy
 ) -> tuple[Population, Population, dict]:
@@ -161,15 +187,7 @@ def populations(
         ev = Population(eval_ds, split[policy.evaluation], f"{policy.evaluation} rows of {eval_path}")
         how = f"the challenger's split ({cfg.split.kind})"
     else:
-        train_ds, train_hash = read_dataset(train_path), verify_hash(train_path)
-        if train_hash != challenger.lineage["data_hash"]:
-            notes.append(
-                f"the challenger's training data at {train_path} has changed since training "
-                f"(hash {train_hash[:12]} != {challenger.lineage['data_hash'][:12]})"
-            )
-        split = split_indices(train_ds, cfg.split)
-        dev = Population(train_ds, np.concatenate([split[s] for s in policy.development]),
-                         f"{' + '.join(policy.development)} rows of {train_path}")  # fmt: skip
+        dev, _, _, notes = development_population(challenger, policy)
         ev = Population(eval_ds, np.arange(len(eval_ds.applicants)), f"all rows of {eval_path}")
         how = "another population than the challenger's training data: evaluated whole"
     info = {
@@ -211,6 +229,17 @@ def thin_file(ds: Dataset, seg: SegmentPolicy) -> tuple[np.ndarray, str]:
         f"{seg.lookback_months} months before applying"
     )
     return thin, " or ".join(parts)
+
+
+def segment_groups(ds: Dataset, rows: np.ndarray, seg: SegmentPolicy) -> tuple[dict[str, np.ndarray], dict]:
+    """The segment of every row (`rows` of `ds`) along each judged dimension, and what the report
+    says about them (columns the data lacks, the thin-file rule)."""
+    a = ds.applicants.iloc[rows]
+    groups = {c: a[c].astype(str).to_numpy() for c in seg.columns if c in a.columns}
+    thin, thin_rule = thin_file(ds, seg)
+    groups["thin_file"] = np.where(thin[rows], "thin", "established")
+    info = {"absent_columns": [c for c in seg.columns if c not in a.columns], "thin_file_rule": thin_rule}
+    return groups, info
 
 
 def segment_rows(
@@ -325,7 +354,7 @@ def strategy_curve(y: np.ndarray, p: np.ndarray, points: int = 100) -> dict[str,
 # --- stability ----------------------------------------------------------------------------------------
 
 
-def main_characteristics(champion: ModelRef, dev_fs: FeatureSet, y_dev: np.ndarray, k: int) -> list[dict]:
+def main_characteristics(champion: ModelRef, dev_raw: pd.DataFrame, y_dev: np.ndarray, k: int) -> list[dict]:
     """The champion's main characteristics: a scorecard's selected ones by information value; for any
     other model the raw characteristics that rank development applicants best on their own."""
     if k == 0:
@@ -337,8 +366,8 @@ def main_characteristics(champion: ModelRef, dev_fs: FeatureSet, y_dev: np.ndarr
             {"characteristic": c, "iv": float(v), "ranked_by": "scorecard IV"} for c, v in iv.head(k).items()
         ]
     ranked = []
-    for c in dev_fs.raw.columns:
-        x = dev_fs.raw[c].to_numpy(dtype=np.float64)
+    for c in dev_raw.columns:
+        x = dev_raw[c].to_numpy(dtype=np.float64)
         x = np.where(np.isfinite(x), x, np.nanmedian(x) if np.isfinite(x).any() else 0.0)
         ranked.append((abs(stats.auc(y_dev, x) - 0.5), c))
     return [{"characteristic": c, "univariate_gini": 2 * g, "ranked_by": "univariate Gini"}
@@ -346,6 +375,53 @@ def main_characteristics(champion: ModelRef, dev_fs: FeatureSet, y_dev: np.ndarr
 
 
 # --- the report ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scored:
+    """One population as the report reads it, whatever it came from (a dataset scored offline, or the
+    decision log joined to outcomes): observed outcomes, both models' PDs, the champion's raw
+    characteristics (for CSI) and each row's segment along every judged dimension."""
+
+    y: np.ndarray  # [N] 0/1 observed 12-month default
+    pd: dict[str, np.ndarray]  # role -> [N] PD
+    raw: pd.DataFrame  # [N, R] the champion's raw characteristics
+    segments: dict[str, np.ndarray] | None = None  # dimension -> [N] segment (the evaluation side)
+    segment_info: dict[str, Any] | None = None  # absent columns, thin-file rule
+
+
+def score_populations(
+    models: dict[str, ModelRef], dev: Population, ev: Population, policy: Policy
+) -> tuple[Scored, Scored]:
+    """Score each dataset once per model (a model's features come from its own schema)."""
+    p_dev, p_ev, raw_dev, raw_ev = {}, {}, {}, {}
+    for role, m in models.items():
+        p_all, fs_all = score(m, ev.ds)
+        p_ev[role], raw_ev[role] = p_all[ev.rows], fs_all.raw.iloc[ev.rows].reset_index(drop=True)
+        if dev.ds is ev.ds:
+            p_dev[role], raw_dev[role] = p_all[dev.rows], fs_all.raw.iloc[dev.rows].reset_index(drop=True)
+        else:
+            p_dev_all, fs_dev_all = score(m, dev.ds)
+            p_dev[role] = p_dev_all[dev.rows]
+            raw_dev[role] = fs_dev_all.raw.iloc[dev.rows].reset_index(drop=True)
+    groups, info = segment_groups(ev.ds, ev.rows, policy.segments)
+    return (
+        Scored(y=_labels(dev.ds, dev.rows), pd=p_dev, raw=raw_dev["champion"]),
+        Scored(
+            y=_labels(ev.ds, ev.rows), pd=p_ev, raw=raw_ev["champion"], segments=groups, segment_info=info
+        ),
+    )
+
+
+def score_development(models: dict[str, ModelRef], dev: Population) -> Scored:
+    """The development population scored by both models (what the live report compares with)."""
+    p_dev, raw = {}, None
+    for role, m in models.items():
+        p_all, fs_all = score(m, dev.ds)
+        p_dev[role] = p_all[dev.rows]
+        if role == "champion":
+            raw = fs_all.raw.iloc[dev.rows].reset_index(drop=True)
+    return Scored(y=_labels(dev.ds, dev.rows), pd=p_dev, raw=raw)
 
 
 def build_report(
@@ -360,20 +436,39 @@ def build_report(
                 f"the {role} was trained on other data ({m.lineage.get('dataset')}); it is scored here "
                 "on the challenger's data"
             )
+    dev_scored, ev_scored = score_populations(models, dev, ev, policy)
+    return report_from_scores(
+        models=models,
+        dev=dev_scored,
+        ev=ev_scored,
+        data_info=pop_info,
+        policy=policy,
+        policy_name=policy_name,
+    )
 
-    # Score each dataset once per model; a model's features come from its own schema.
-    p_dev, p_ev, fs_dev, fs_ev = {}, {}, {}, {}
-    for role, m in models.items():
-        p_all, fs_all = score(m, ev.ds)
-        p_ev[role], fs_ev[role] = p_all[ev.rows], fs_all.take(ev.rows)
-        if dev.ds is ev.ds:
-            p_dev[role], fs_dev[role] = p_all[dev.rows], fs_all.take(dev.rows)
-        else:
-            p_dev_all, fs_dev_all = score(m, dev.ds)
-            p_dev[role], fs_dev[role] = p_dev_all[dev.rows], fs_dev_all.take(dev.rows)
-    y, y_dev = _labels(ev.ds, ev.rows), _labels(dev.ds, dev.rows)
-    pop_info["evaluation"] |= {"defaults": int(y.sum()), "default_rate": float(y.mean())}
-    pop_info["development"] |= {"defaults": int(y_dev.sum()), "default_rate": float(y_dev.mean())}
+
+def report_from_scores(
+    *,
+    models: dict[str, ModelRef],
+    dev: Scored,
+    ev: Scored,
+    data_info: dict[str, Any],
+    policy: Policy,
+    policy_name: str = "default",
+) -> dict[str, Any]:
+    """The governance report from scored populations: `ev` is judged (discrimination, calibration,
+    grades, swap sets, segments), `dev` is the development population stability compares it with.
+    The offline report (`build_report`) and the live one (`monitoring.live`) both end here."""
+    if ev.segments is None:
+        raise ValueError("the evaluation population needs its segments (Scored.segments)")
+    y, y_dev, p_ev, p_dev = ev.y.astype(int), dev.y.astype(int), ev.pd, dev.pd
+    pop_info = copy.deepcopy(data_info)  # the caller's dict stays as it was
+    pop_info["evaluation"] |= {"rows": len(y), "defaults": int(y.sum()), "default_rate": float(y.mean())}
+    pop_info["development"] |= {
+        "rows": len(y_dev),
+        "defaults": int(y_dev.sum()),
+        "default_rate": float(y_dev.mean()),
+    }
 
     b = policy.bootstrap
     boot = {
@@ -429,10 +524,10 @@ def build_report(
     schema = json.loads((models["champion"].folder / "feature_schema.json").read_text())
     categorical = set(schema.get("categorical_raw", []))
     csi = []
-    for ch in main_characteristics(models["champion"], fs_dev["champion"], y_dev, policy.csi_characteristics):
+    for ch in main_characteristics(models["champion"], dev.raw, y_dev, policy.csi_characteristics):
         c = ch["characteristic"]
         r = stats.psi(
-            fs_dev["champion"].raw[c].to_numpy(), fs_ev["champion"].raw[c].to_numpy(),
+            dev.raw[c].to_numpy(), ev.raw[c].to_numpy(),
             bins=policy.psi_bins, categorical=c in categorical,
         )  # fmt: skip
         csi.append(ch | {"csi": r.value, "band": stats.stability_band(r.value), "bins": r.to_dict()})
@@ -441,14 +536,9 @@ def build_report(
     swap = swap_sets(y, p_ev["champion"], p_ev["challenger"], policy.approval_rate)
 
     seg = policy.segments
-    a = ev.ds.applicants.iloc[ev.rows]
-    groups = {c: a[c].astype(str).to_numpy() for c in seg.columns if c in a.columns}
-    thin, thin_rule = thin_file(ev.ds, seg)
-    groups["thin_file"] = np.where(thin[ev.rows], "thin", "established")
     segments = {
-        "rows": segment_rows(y, p_ev, groups, seg),
-        "absent_columns": [c for c in seg.columns if c not in a.columns],
-        "thin_file_rule": thin_rule,
+        "rows": segment_rows(y, p_ev, ev.segments, seg),
+        **(ev.segment_info or {}),
         "min_count": seg.min_count,
         "min_defaults": seg.min_defaults,
     }

@@ -26,8 +26,24 @@ echo "== 8. Governance report: champion scorecard against challenger CNN, on the
 REPORT="$WORK/reports/county-scorecard-vs-cnn"
 $GOVRISK report --champion county-scorecard:latest --challenger county-cnn:latest --out "$REPORT"
 echo "== 9. Serve the champion (county-scorecard:latest) beside the challenger (county-cnn:latest) on"
-echo "   127.0.0.1:3000; a simulated decision system sends 5 applicants of a fresh county, then the server stops"
-.venv/bin/python -m serving.decision_system --start-server --applicants 5
+echo "   127.0.0.1:3000; a simulated decision system sends 5 applicants of a fresh county, then a live county"
+echo "   of 5,000 through /score_batch (shadow mode: both models score everyone), then the server stops"
+LIVE_DATA="$WORK/data/live-county-5000-s12"
+.venv/bin/python -m serving.decision_system --start-server --applicants 5 --batch 5000 --batch-data "$LIVE_DATA"
+echo "== 10. Live monitoring: play the live county 12 months forward, judge both models on what happened,"
+echo "   and rescore the loans on the book as of 2024-01"
+LOG="$WORK/serving/decisions.parquet"
+$GOVRISK decisions export --out "$LOG"
+$GOVRISK data outcomes "$LIVE_DATA" --log "$LOG" --out "$WORK/outcomes/live-county" --overwrite
+LIVE_REPORT="$WORK/reports/live"
+rc=0
+$GOVRISK monitor live --log "$LOG" --outcomes "$WORK/outcomes/live-county" --out "$LIVE_REPORT" || rc=$?
+echo "monitor live exit code $rc (0: no alert, 1: alerts listed above, 3: too few mature outcomes)"
+[ "$rc" -ne 2 ] || exit 2
+BOOK="$WORK/book/2024-01"
+$GOVRISK monitor book --data "$LIVE_DATA" --outcomes "$WORK/outcomes/live-county" --log "$LOG" --as-of 2024-01 --out "$BOOK" --show 5
 echo
 echo "demo finished: datasets under $WORK/data, run folders under $WORK/runs, model store under $WORK/bentoml"
 echo "governance report: $REPORT/report.html (figures: $REPORT/report.json); tuning study: $WORK/tuning/studies.db"
+echo "live report: $LIVE_REPORT/report.html (figures and alerts: $LIVE_REPORT/report.json)"
+echo "watch list: $BOOK/watchlist.parquet (every loan: $BOOK/book.parquet; figures: $BOOK/summary.json)"

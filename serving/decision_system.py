@@ -2,8 +2,10 @@
 
     python -m serving.decision_system --start-server   # starts `bentoml serve`, scores, stops it
     python -m serving.decision_system --url http://127.0.0.1:3000 --api-key KEY
+    python -m serving.decision_system --start-server --batch 5000 --batch-data runs/data/live-county
 
-The last step of `make demo`.
+Step 9 of `make demo`; with --batch it also sends a whole county through /score_batch, the live
+population that `govrisk monitor live` later judges (step 10).
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--api-key", default=os.environ.get("GOVRISK_DEMO_KEY", API_KEY))
     ap.add_argument("--applicants", type=int, default=5)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument(
+        "--batch", type=int, default=0, help="then send this many applicants through /score_batch"
+    )
+    ap.add_argument("--batch-data", type=Path, default=None, help="their county (generated if missing)")
+    ap.add_argument("--batch-size", type=int, default=200, help="applicants per /score_batch request")
+    ap.add_argument("--batch-seed", type=int, default=12)
     args = ap.parse_args(argv)
 
     data = work_dir() / "data" / f"decision-system-s{args.seed}"
@@ -70,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{d['decision']:<8} {d['pd']:>7.4f} {d['grade']:>5} {rate:>6} {limit:>11}  "
                 f"{ch_text:<15} {', '.join(d['reason_codes'][:2])}"
             )
+        if args.batch:
+            send_batches(url, args)
         dl = load_serving_config(args.config).decision_log
         print(f"models: champion {d['champion']['model']}, challenger {d['challenger']['model']}")
         print(
@@ -80,6 +90,31 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
             print("server stopped")
     return 0
+
+
+def send_batches(url: str, args: argparse.Namespace) -> None:
+    """A county's applicants through /score_batch, `--batch-size` at a time; prints the decisions' tally."""
+    import collections
+    import time
+
+    data = args.batch_data or work_dir() / "data" / f"live-county-{args.batch}-s{args.batch_seed}"
+    if not (data / "manifest.json").exists():
+        generate(load_generator_config("county"), n_applicants=args.batch, seed=args.batch_seed, out=data,
+                 progress=False)  # fmt: skip
+    bodies = request_bodies(read_dataset(data))[: args.batch]
+    tally: collections.Counter[str] = collections.Counter()
+    t0 = time.perf_counter()
+    for start in range(0, len(bodies), args.batch_size):
+        chunk = bodies[start : start + args.batch_size]
+        r = httpx.post(f"{url}/score_batch", json={"applicants": chunk}, headers={"X-API-Key": args.api_key},
+                       timeout=120)  # fmt: skip
+        if r.status_code != 200:
+            raise SystemExit(f"/score_batch: HTTP {r.status_code} {r.text[:500]}")
+        for d in r.json()["decisions"]:
+            tally[d["decision"]] += 1
+            tally[f"challenger {d['challenger']['status']}"] += 1
+    print(f"batch: {len(bodies):,} applicants of {data} through /score_batch in {time.perf_counter() - t0:.1f} s: "
+          + ", ".join(f"{k} {v:,}" for k, v in sorted(tally.items())))  # fmt: skip
 
 
 if __name__ == "__main__":

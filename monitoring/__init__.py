@@ -1,0 +1,1 @@
+"""Monitoring: live challenger results on real decisions and in-loan early warning."""
