@@ -31,7 +31,6 @@ from data.store import read_dataset
 from data.synthetic import generate, load_generator_config
 from govrisk.paths import work_dir
 from monitoring.book import (
-    OnnxModel,
     as_of_months,
     loan_records,
     rescore_book,
@@ -42,6 +41,7 @@ from monitoring.book import (
 from monitoring.config import load_monitoring_config
 from research.report import resolve_model
 from serving.engine import applicant_hash
+from serving.models import LoadedModel
 
 BUDGET_S = 120.0
 MONTHS_ON_BOOK = 6
@@ -87,9 +87,12 @@ def main() -> None:
     origination = None
     if not args.recompute_origination:  # the book's record: scored when each loan was made
         ds = read_dataset(data)
-        onnx = {role: OnnxModel(m, batch_size=cfg.score_batch) for role, m in refs.items()}
+        onnx = {role: LoadedModel(folder=m.folder, threads=0) for role, m in refs.items()}
         monthly = loan_records(ds, {}, ds.applicants[ds.contract.key].to_numpy())
-        origination = {role: s.pd for role, s in score_all(onnx, ds.applicants, monthly).items()}
+        origination = {
+            role: s.pd
+            for role, s in score_all(onnx, ds.applicants, monthly, batch_size=cfg.score_batch).items()
+        }
         del ds, monthly, onnx
     print(f"prepared in {time.perf_counter() - t0:.0f} s: {data}, forward months {forward}, "
           f"champion {champion}, challenger {challenger}", flush=True)  # fmt: skip

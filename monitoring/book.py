@@ -17,58 +17,20 @@ Fast on a whole book: features are computed once per feature schema and date for
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from data.features import FeatureBuilder, FeatureSet, month_number
+from data.features import FeatureSet, month_number
 from data.store import Dataset
 from govrisk.rating import MasterScale, load_master_scale
 from govrisk.reasons import SHORTFALL_EPS, reasons_from_points
 from monitoring.config import BookConfig
 from research.report import ROLES, ModelRef
-
-
-@dataclass
-class Scores:
-    pd: np.ndarray  # [N]
-    points: np.ndarray | None  # [N, K] scorecard points per characteristic, None for a network
-
-
-class OnnxModel:
-    """A model's exported graph and feature schema, scored in batches (all outputs it has)."""
-
-    def __init__(self, ref: ModelRef, *, batch_size: int) -> None:
-        import onnxruntime as ort
-
-        self.ref = ref
-        self.batch_size = batch_size
-        text = (ref.folder / "feature_schema.json").read_text()
-        self.schema_digest = hashlib.sha256(text.encode()).hexdigest()
-        self.builder = FeatureBuilder.from_schema(json.loads(text))
-        self.inputs = json.loads((ref.folder / "metrics.json").read_text())["onnx"]["inputs"]
-        self.session = ort.InferenceSession(
-            str(ref.folder / "model.onnx"), providers=["CPUExecutionProvider"]
-        )
-        self.outputs = [o for o in ("pd", "points") if o in {x.name for x in self.session.get_outputs()}]
-        reasons = ref.folder / "reason_codes.json"
-        self.reason_table = json.loads(reasons.read_text())["characteristics"] if reasons.exists() else None
-
-    def predict(self, fs: FeatureSet) -> Scores:
-        arrays = {"raw": fs.raw.to_numpy(dtype=np.float64), "sequence": fs.sequence, "static": fs.static}
-        pds, points = [], []
-        for start in range(0, len(fs), self.batch_size):
-            feeds = {k: arrays[k][start : start + self.batch_size] for k in self.inputs}
-            got = dict(zip(self.outputs, self.session.run(self.outputs, feeds), strict=True))
-            pds.append(np.asarray(got["pd"], dtype=np.float64).reshape(-1))
-            if "points" in got:
-                points.append(np.asarray(got["points"], dtype=np.float64))
-        return Scores(np.concatenate(pds), np.concatenate(points) if points else None)
+from serving.models import LoadedModel, ModelOutput
 
 
 def as_of_months(
@@ -130,26 +92,28 @@ def loan_records(ds: Dataset, forward: dict[str, pd.DataFrame], ids: np.ndarray)
     return monthly
 
 
-def score_all(onnx: dict[str, OnnxModel], applicants: pd.DataFrame, monthly: dict[str, pd.DataFrame],
-               roles: tuple[str, ...] = ROLES) -> dict[str, Scores]:  # fmt: skip
-    """Both models on the same applicants; one feature transform per distinct feature schema."""
+def score_all(onnx: dict[str, LoadedModel], applicants: pd.DataFrame, monthly: dict[str, pd.DataFrame],
+              roles: tuple[str, ...] = ROLES, *, batch_size: int) -> dict[str, ModelOutput]:  # fmt: skip
+    """Both models on the same applicants; one feature transform per distinct feature schema, then
+    `batch_size` rows per onnxruntime call."""
     features: dict[str, FeatureSet] = {}
     out = {}
     for role in roles:
         m = onnx[role]
         if m.schema_digest not in features:
             features[m.schema_digest] = m.builder.transform(applicants, monthly)
-        out[role] = m.predict(features[m.schema_digest])
+        out[role] = m.predict(features[m.schema_digest], batch_size=batch_size)
     return out
 
 
-def _score_subset(onnx: dict[str, OnnxModel], applicants: pd.DataFrame, monthly: dict[str, pd.DataFrame],
-                  idx: np.ndarray, roles: tuple[str, ...]) -> dict[str, Scores]:  # fmt: skip
+def _score_subset(onnx: dict[str, LoadedModel], applicants: pd.DataFrame, monthly: dict[str, pd.DataFrame],
+                  idx: np.ndarray, roles: tuple[str, ...], *, batch_size: int) -> dict[str, ModelOutput]:  # fmt: skip
     """`score_all` of the applicants at positions `idx`, with only their records."""
     part = applicants.iloc[idx].reset_index(drop=True)
     key = next(iter(onnx.values())).builder.contract.key
     ids = set(part[key])
-    return score_all(onnx, part, {t: df[df[key].isin(ids)] for t, df in monthly.items()}, roles=roles)
+    records = {t: df[df[key].isin(ids)] for t, df in monthly.items()}
+    return score_all(onnx, part, records, roles=roles, batch_size=batch_size)
 
 
 def rescore_book(
@@ -178,12 +142,14 @@ def rescore_book(
     now = loans.copy()
     now[date_col] = _months_to_date(as_of)  # the first day of the as-of month: records before it count
 
-    onnx = {role: OnnxModel(m, batch_size=config.score_batch) for role, m in models.items()}
-    scores_now = score_all(onnx, now, monthly)
+    # threads=0: every core for a whole book (serving keeps one per session)
+    onnx = {role: LoadedModel(folder=m.folder, threads=0) for role, m in models.items()}
+    batch = config.score_batch
+    scores_now = score_all(onnx, now, monthly, batch_size=batch)
     then_points = None
     source = {}
     if origination is None:
-        scores_then = score_all(onnx, loans, monthly)
+        scores_then = score_all(onnx, loans, monthly, batch_size=batch)
         p_then = {role: scores_then[role].pd for role in ROLES}
         then_points = scores_then["champion"].points
         source = dict.fromkeys(ROLES, np.full(len(loans), "recomputed", dtype=object))
@@ -195,7 +161,9 @@ def rescore_book(
             # its PD at origination from the records before the application month.
             missing = np.flatnonzero(~np.isfinite(p))
             if len(missing):
-                p[missing] = _score_subset(onnx, loans, monthly, missing, roles=(role,))[role].pd
+                p[missing] = _score_subset(onnx, loans, monthly, missing, roles=(role,), batch_size=batch)[
+                    role
+                ].pd
             p_then[role] = p
             source[role] = np.where(
                 np.isfinite(np.asarray(origination[role], dtype=np.float64)), "logged", "recomputed"
@@ -254,7 +222,9 @@ def rescore_book(
         if then_points is not None:
             before = then_points[w]
         else:  # recorded PDs carry no points: score the watched loans at origination again
-            before = _score_subset(onnx, loans, monthly, w, roles=("champion",))["champion"].points
+            before = _score_subset(onnx, loans, monthly, w, roles=("champion",), batch_size=batch)[
+                "champion"
+            ].points
         for j, (r, d) in enumerate(zip(
             reasons_from_points(after, champ.reason_table, config.reason_codes),
             deteriorated(before, after, champ.reason_table, config.reason_codes), strict=True,

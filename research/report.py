@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from data.features import FeatureBuilder, FeatureSet, month_number
+from data.features import FeatureSet, month_number
 from data.store import Dataset, read_dataset, verify_hash
 from govrisk.rating import MasterScale, load_master_scale
 from research import stats
@@ -113,20 +113,13 @@ def resolve_model(ref: str) -> ModelRef:
 
 
 def score(model: ModelRef, ds: Dataset) -> tuple[np.ndarray, FeatureSet]:
-    """PDs of every applicant in `ds` from the model's exported ONNX graph and its own feature schema
-    (what serving runs), and the features it saw."""
-    import onnxruntime as ort
+    """PDs of every applicant in `ds` from the model's exported ONNX graph (its sha256 checked) and its
+    own feature schema, through serving's loader: what serving runs. Also the features it saw."""
+    from serving.models import LoadedModel
 
-    schema = model.folder / "feature_schema.json"
-    fs = FeatureBuilder.from_schema(schema).transform(ds.applicants, ds.monthly)
-    inputs = json.loads((model.folder / "metrics.json").read_text())["onnx"]["inputs"]
-    sess = ort.InferenceSession(str(model.folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    arrays = {"raw": fs.raw.to_numpy(dtype=np.float64), "sequence": fs.sequence, "static": fs.static}
-    out = []
-    for start in range(0, len(fs), 20_000):
-        feeds = {k: arrays[k][start : start + 20_000] for k in inputs}
-        out.append(sess.run(["pd"], feeds)[0].reshape(-1))
-    return np.concatenate(out).astype(np.float64), fs
+    loaded = LoadedModel(folder=model.folder, threads=0)
+    fs = loaded.builder.transform(ds.applicants, ds.monthly)
+    return loaded.predict(fs, batch_size=20_000).pd, fs
 
 
 # --- populations --------------------------------------------------------------------------------------

@@ -63,21 +63,6 @@ class ChallengerResult:
     error: str | None = None
 
 
-@dataclass
-class Pending:
-    """A request between the champion's scores and the challenger's answer."""
-
-    batch: Applicants
-    request_id: str
-    request_ids: list[str] | None  # one per applicant: single requests decided together (micro-batch)
-    fs: FeatureSet
-    champ: ModelOutput
-    started: Any  # (future, start time), or a ChallengerResult when nothing runs
-    t0: float
-    features_ms: float
-    champion_ms: float
-
-
 class Scorer:
     """Champion and challenger, the parser, the policy and the master scale of one serving config."""
 
@@ -164,10 +149,20 @@ class Scorer:
         return ChallengerResult("ok", output=out, ms=ms)
 
     # --- decisions ------------------------------------------------------------------------------
-    def begin(
-        self, batch: Applicants, *, request_id: str | None = None, request_ids: list[str] | None = None
-    ) -> Pending:
-        """Features, the challenger started beside the champion, the champion's scores.
+    def _budget_ms(self, n: int) -> float:
+        return self.config.challenger.budget_ms + (BATCH_BUDGET_MS_PER_APPLICANT * n if n > 1 else 0.0)
+
+    def score(
+        self,
+        batch: Applicants,
+        *,
+        endpoint: str = "score",
+        request_id: str | None = None,
+        request_ids: list[str] | None = None,
+    ) -> list[dict]:
+        """One decision record per applicant of a checked batch: features, the challenger started beside
+        the champion and waited for (in this thread) at most until its budget is spent, then routing
+        and the policy.
 
         `request_ids`: the applicants are separate requests decided together, one id each.
         """
@@ -179,40 +174,8 @@ class Scorer:
         started = self._start_challenger(fs, batch)
         champ = self.champion.predict(fs)
         t_champ = time.perf_counter()
-        return Pending(
-            batch=batch,
-            request_id=request_id or uuid.uuid4().hex,
-            request_ids=request_ids,
-            fs=fs,
-            champ=champ,
-            started=started,
-            t0=t0,
-            features_ms=(t_feat - t0) * 1000,
-            champion_ms=(t_champ - t_feat) * 1000,
-        )
+        ch = self._finish_challenger(started, len(batch))
 
-    def _budget_ms(self, n: int) -> float:
-        return self.config.challenger.budget_ms + (BATCH_BUDGET_MS_PER_APPLICANT * n if n > 1 else 0.0)
-
-    def collect(self, pending: Pending) -> ChallengerResult:
-        """The challenger's result, waiting in this thread at most until its budget is spent."""
-        return self._finish_challenger(pending.started, len(pending.batch))
-
-    def score(
-        self,
-        batch: Applicants,
-        *,
-        endpoint: str = "score",
-        request_id: str | None = None,
-        request_ids: list[str] | None = None,
-    ) -> list[dict]:
-        """One decision record per applicant of a checked batch, waiting in this thread."""
-        pending = self.begin(batch, request_id=request_id, request_ids=request_ids)
-        return self.finish(pending, self.collect(pending), endpoint=endpoint)
-
-    def finish(self, pending: Pending, ch: ChallengerResult, *, endpoint: str) -> list[dict]:
-        """Apply routing and the policy; one record per applicant."""
-        batch, champ = pending.batch, pending.champ
         reasons = self.champion.reasons(champ, self.config.reason_codes)
         ids = batch.ids
         n = len(ids)
@@ -220,23 +183,22 @@ class Scorer:
         champ_grades = self.scale.grade(champ.pd)
         ch_grades = self.scale.grade(ch.output.pd) if ch.output is not None else None
         # Column positions, not DataFrame look-ups: a pandas column read costs more than the policy.
-        raw_matrix = pending.fs.raw.to_numpy()
+        raw_matrix = fs.raw.to_numpy()
         raw = {f: raw_matrix[:, self._raw_pos[f]] for f in self.policy.raw_fields}
         now = dt.datetime.now(dt.UTC)
         salt = self.config.decision_log.applicant_hash_salt
         date_col = self.champion.builder.contract.applicants.application_date
-        total_ms = (time.perf_counter() - pending.t0) * 1000
+        total_ms = (time.perf_counter() - t0) * 1000
         # Python values (float, bool, str, datetime.date) of each applicant column in one C pass per
         # column, not one numpy scalar at a time: a batch's records cost less than its JSON.
         columns = {c: batch.applicants[c].tolist() for c in self.parser.applicant_columns}
-        rids = pending.request_ids
+        request_id = request_id or uuid.uuid4().hex
         records = []
         for i in range(n):
-            if rids is not None:  # separate requests: each its own request and decision
-                request_id = decision_id = rids[i]
+            if request_ids is not None:  # separate requests: each its own request and decision
+                rid = decision_id = request_ids[i]
             else:
-                request_id = pending.request_id
-                decision_id = request_id if n == 1 else f"{request_id}-{i}"
+                rid, decision_id = request_id, request_id if n == 1 else f"{request_id}-{i}"
             arm = (
                 arm_of(ids[i], share=routing.split_share, salt=routing.salt)
                 if self.mode == "split"
@@ -255,7 +217,7 @@ class Scorer:
             codes = ([outcome.hard_rule] if outcome.hard_rule else []) + reasons[i]
             records.append({
                 "decision_id": decision_id,
-                "request_id": request_id,
+                "request_id": rid,
                 "applicant_id": ids[i],
                 "created_at": now,
                 "endpoint": endpoint,
@@ -284,8 +246,8 @@ class Scorer:
                 "challenger_grade": None if ch_grades is None else str(ch_grades[i]),
                 "challenger_decision": ch_decision,
                 "policy": self.policy.label,
-                "features_ms": pending.features_ms,
-                "champion_ms": pending.champion_ms,
+                "features_ms": (t_feat - t0) * 1000,
+                "champion_ms": (t_champ - t_feat) * 1000,
                 "challenger_ms": ch.ms,
                 "total_ms": total_ms,
                 "batch_size": n,

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import yaml
 
 from data.features import FeatureBuilder, FeatureSet
 from govrisk.reasons import reasons_from_points
@@ -31,13 +32,24 @@ class ModelOutput:
 class LoadedModel:
     """One registered model: its session, input names and feature schema."""
 
-    def __init__(self, *, tag: str, threads: int = 1) -> None:
-        folder, meta = model_path(tag, verify=False)  # verified below, on the bytes actually loaded
+    def __init__(self, *, tag: str | None = None, folder: Path | None = None, threads: int = 1) -> None:
+        """From the model store by `tag`, or from a run folder (`folder`: its metrics.json holds the
+        sha256 recorded at export). `threads`: intra-op threads per session, 0 = onnxruntime's default
+        (every core: batch rescoring, not serving)."""
+        if (tag is None) == (folder is None):
+            raise ValueError(f"give exactly one of tag and folder, got {tag=} {folder=}")
+        if tag is not None:
+            folder, meta = model_path(tag, verify=False)  # verified below, on the bytes actually loaded
+            expected = meta["onnx_sha256"]
+        else:
+            assert folder is not None
+            meta = {"kind": yaml.safe_load((folder / "config.yaml").read_text())["model"]["kind"]}
+            expected = json.loads((folder / "metrics.json").read_text())["onnx"]["sha256"]
         data = (folder / "model.onnx").read_bytes()
         digest = hashlib.sha256(data).hexdigest()
-        if digest != meta["onnx_sha256"]:
+        if digest != expected:
             raise TamperedModelError(
-                f"{tag}: model.onnx sha256 {digest} != registered {meta['onnx_sha256']}; refusing to serve it"
+                f"{tag or folder}: model.onnx sha256 {digest} != registered {expected}; refusing to serve it"
             )
         self.folder = folder
         self.name = folder.parent.name
@@ -63,19 +75,26 @@ class LoadedModel:
         if (folder / "reason_codes.json").exists():
             self.reason_table = json.loads((folder / "reason_codes.json").read_text())["characteristics"]
 
-    def predict(self, fs: FeatureSet) -> ModelOutput:
-        feeds = {}
+    def predict(self, fs: FeatureSet, *, batch_size: int | None = None) -> ModelOutput:
+        """PDs (and a scorecard's score and points) of every row; `batch_size` rows per onnxruntime
+        call (cache-sized batches score a large book fastest; it never changes a value)."""
+        arrays = {}
         for name in self.inputs:
             if name == "raw":
-                feeds[name] = fs.raw.to_numpy(dtype=np.float64)
+                arrays[name] = fs.raw.to_numpy(dtype=np.float64)
             elif name == "sequence":
-                feeds[name] = fs.sequence
+                arrays[name] = fs.sequence
             elif name == "static":
-                feeds[name] = fs.static
+                arrays[name] = fs.static
             else:
                 raise ValueError(f"{self.tag}: unknown ONNX input {name!r}")
         wanted = [o for o in ("pd", "score", "points") if o in self.outputs]
-        got = dict(zip(wanted, self.session.run(wanted, feeds), strict=True))
+        step = batch_size or max(len(fs), 1)
+        parts = [
+            self.session.run(wanted, {k: x[i : i + step] for k, x in arrays.items()})
+            for i in range(0, len(fs), step)
+        ] or [self.session.run(wanted, arrays)]
+        got = {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(wanted)}
         return ModelOutput(
             pd=np.asarray(got["pd"], dtype=np.float64).reshape(-1),
             score=None if "score" not in got else np.asarray(got["score"], dtype=np.float64).reshape(-1),

@@ -281,8 +281,7 @@ class Scoring:
         )
         # /score micro-batching (see `_score_one`): requests waiting for the scoring thread.
         self._waiting: list[tuple[Any, asyncio.Future]] = []
-        self._draining = False
-        self._drainer: asyncio.Task | None = None
+        self._drainer: asyncio.Task | None = None  # the one drain task, while it runs
         self._scoring_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
 
     def __is_ready__(self) -> bool:
@@ -315,37 +314,35 @@ class Scoring:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
         self._waiting.append((body, fut))
-        if not self._draining:
-            self._draining = True
-            self._drainer = loop.create_task(self._drain())  # a reference: the loop holds tasks weakly
+        if self._drainer is None or self._drainer.done():
+            # the drain loop ends, with no await after its last look at `_waiting`, in the step that
+            # sees it empty: a request appended afterwards always finds it done and starts another
+            self._drainer = loop.create_task(self._drain())  # kept: the loop holds tasks weakly
         return await fut
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            while self._waiting:
-                take, rest, ids = [], [], set()
-                for item in self._waiting:
-                    applicant_id = _applicant_id(item[0])
-                    if len(take) < self.config.max_batch and applicant_id not in ids:
-                        take.append(item)
-                        if applicant_id is not None:
-                            ids.add(applicant_id)
-                    else:  # a second request for the same applicant goes in the next batch
-                        rest.append(item)
-                self._waiting = rest
-                try:
-                    results = await loop.run_in_executor(
-                        self._scoring_thread, self._decide_requests, [body for body, _ in take]
-                    )
-                except Exception as e:  # a bug, not bad input: each request of the batch gets it (500)
-                    log.exception("scoring a batch of %d requests failed", len(take))
-                    results = [e] * len(take)
-                for (_, fut), result in zip(take, results, strict=True):
-                    if not fut.done():  # a client that left has its future cancelled
-                        fut.set_result(result)
-        finally:
-            self._draining = False
+        while self._waiting:
+            take, rest, ids = [], [], set()
+            for item in self._waiting:
+                applicant_id = _applicant_id(item[0])
+                if len(take) < self.config.max_batch and applicant_id not in ids:
+                    take.append(item)
+                    if applicant_id is not None:
+                        ids.add(applicant_id)
+                else:  # a second request for the same applicant goes in the next batch
+                    rest.append(item)
+            self._waiting = rest
+            try:
+                results = await loop.run_in_executor(
+                    self._scoring_thread, self._decide_requests, [body for body, _ in take]
+                )
+            except Exception as e:  # a bug, not bad input: each request of the batch gets it (500)
+                log.exception("scoring a batch of %d requests failed", len(take))
+                results = [e] * len(take)
+            for (_, fut), result in zip(take, results, strict=True):
+                if not fut.done():  # a client that left has its future cancelled
+                    fut.set_result(result)
 
     def _decide_requests(self, bodies: list[Any]) -> list[Any]:
         """In the scoring thread: a record, a BadInput or a LogUnavailable per request body."""

@@ -419,6 +419,35 @@ def test_online_scores_equal_offline_batch_scores(
     assert np.abs(np.array([d["champion"]["pd"] for d in singles]) - champ[:25]).max() <= 1e-6
 
 
+def test_a_run_folder_loads_as_its_registered_model_and_a_tampered_one_is_refused(
+    trained: Trained, bodies, tmp_path: Path
+) -> None:
+    """`LoadedModel(folder=...)` (the governance report and the book rescoring) checks the sha256 that
+    the run's metrics.json recorded at export, and scores as the registered model does, in any chunking."""
+    import shutil
+
+    from serving.models import LoadedModel
+    from serving.request import RequestParser
+    from training.registry import TamperedModelError
+
+    by_tag = LoadedModel(tag=trained.challenger)
+    by_folder = LoadedModel(folder=Path(trained.challenger_run), threads=0)
+    batch = RequestParser(contract=by_tag.builder.contract, lookback_months=24).parse(bodies[:300])
+    fs = by_tag.builder.transform(batch.applicants, batch.monthly)
+    np.testing.assert_allclose(
+        by_folder.predict(fs, batch_size=7).pd, by_tag.predict(fs).pd, atol=1e-7, rtol=0
+    )
+    copy = tmp_path / "run"
+    shutil.copytree(trained.challenger_run, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(TamperedModelError, match=r"model\.onnx sha256"):
+        LoadedModel(folder=copy)
+    with pytest.raises(ValueError, match="exactly one of tag and folder"):
+        LoadedModel()
+
+
 def test_serving_imports_neither_torch_nor_lightning(shadow: Server) -> None:
     code = (
         "import sys, serving.service, serving.engine, serving.models;"
