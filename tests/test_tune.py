@@ -16,6 +16,7 @@ from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 from typer.testing import CliRunner
@@ -112,21 +113,30 @@ def test_killed_sqlite_study_resumes_to_its_budget(
     (work / "tuning").mkdir(parents=True)
     worker = subprocess.Popen(cmd, env=env(work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            time.sleep(0.3)
+        # The worker is frozen (SIGSTOP) while the study is read, so that "a trial is running with its
+        # parameters" still holds when the kill lands: the tiny trials last about a second, and a trial
+        # that finished between the read and the kill would leave nothing to resume.
+        deadline = time.monotonic() + 300
+        while True:
+            time.sleep(0.1)
+            if worker.poll() is not None:
+                pytest.fail(f"the worker ended (rc {worker.returncode}) before it could be killed mid-trial:\n"
+                            + worker.communicate()[0][-3000:])  # fmt: skip
+            if time.monotonic() > deadline:
+                pytest.fail("the first worker did not finish two trials in 300 s")
+            worker.send_signal(signal.SIGSTOP)
             try:
                 trials = optuna.load_study(study_name="resume", storage=url).get_trials(deepcopy=False)
-            except KeyError:
-                continue  # not created yet
+            except (KeyError, sqlalchemy.exc.OperationalError):
+                worker.send_signal(signal.SIGCONT)
+                continue  # not created yet, or frozen while it held the write lock
             finished = sum(t.state in FINISHED for t in trials)
             # mid-trial: running with its parameters drawn (a trial killed before it draws any is
             # retried with fresh ones, which this test cannot tell from a retry)
             if finished >= 2 and any(t.state == TrialState.RUNNING and t.params for t in trials):
+                worker.send_signal(signal.SIGKILL)  # no clean-up: the running trial is left RUNNING
                 break
-        else:
-            pytest.fail("the first worker did not finish two trials in 120 s")
-        worker.send_signal(signal.SIGKILL)  # no clean-up: the running trial is left RUNNING
+            worker.send_signal(signal.SIGCONT)
         worker.wait(timeout=30)
     finally:
         if worker.poll() is None:
