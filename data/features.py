@@ -230,9 +230,8 @@ def _category_codes(values: np.ndarray, vocab: list[str] | tuple[str, ...]) -> n
 
 def _last_index(present: np.ndarray) -> np.ndarray:
     """Index of the last True along axis 1, -1 where none."""
-    T = present.shape[1]
-    idx = T - 1 - np.argmax(present[:, ::-1], axis=1)
-    return np.where(present.any(axis=1), idx, -1)
+    # two numpy calls, not four on a reversed view: ~4 us instead of ~17 us for one applicant
+    return np.where(present, np.arange(present.shape[1]), -1).max(axis=1, initial=-1)
 
 
 class FeatureBuilder:
@@ -422,7 +421,8 @@ class FeatureBuilder:
             numeric[f"{table}__months_since_record"] = np.where(last_rec >= 0, T - last_rec, T + 1).astype(
                 np.float64
             )
-            aggregates = self._numeric_aggregates(table, present, cols)
+            with np.errstate(invalid="ignore", divide="ignore"):  # empty windows give NaN, by design
+                aggregates = self._numeric_aggregates(table, present, cols)
             for col, cspec in spec.columns.items():
                 v, name = cols[col], f"{table}.{col}"
                 if col in aggregates:
@@ -455,7 +455,8 @@ class FeatureBuilder:
         All columns are stacked as [n, C, T] and aggregated at once. Each value is the same
         element-wise arithmetic, and each sum the same reduction over the same contiguous last
         axis, as one column at a time (so the features are bit-identical), without ~15 numpy calls
-        per column, which dominated a single applicant's transform in serving.
+        per column, which dominated a single applicant's transform in serving. Empty windows divide by
+        zero into NaN, the intended value: the caller silences those warnings once for the whole call.
         """
         T, W = self.config.lookback_months, self.config.trend_window
         specs = {
@@ -474,8 +475,7 @@ class FeatureBuilder:
         out: dict[str, dict[str, np.ndarray]] = {c: {} for c in names}
         for w in self.config.windows:
             cnt = present[:, T - w :].sum(1)[:, None]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean = np.where(cnt > 0, filled[:, :, T - w :].sum(2) / cnt, np.nan)
+            mean = np.where(cnt > 0, filled[:, :, T - w :].sum(2) / cnt, np.nan)
             worst = None
             if delinquency.any():
                 worst = np.where(cnt > 0, np.where(p3, v, -np.inf)[:, :, T - w :].max(2), np.nan)
@@ -503,16 +503,13 @@ class FeatureBuilder:
         y = np.where(p[:, None, :], np.where(logged[None, :, None], _signed_log(window), window), 0.0)
         x = np.broadcast_to(np.arange(W, dtype=np.float64), p.shape)
         m = p.sum(1).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            xm = (x * p).sum(1) / m
-            ym = y.sum(2) / m[:, None]
-            dx = np.where(p, x - xm[:, None], 0.0)
-            dy = np.where(p[:, None, :], y - ym[:, :, None], 0.0)
-            sxx = (dx * dx).sum(1)
-            slope = np.where(
-                ((m >= 3) & (sxx > 0))[:, None], (dx[:, None, :] * dy).sum(2) / sxx[:, None], np.nan
-            )
-            volatility = np.where((m >= 2)[:, None], np.sqrt((dy * dy).sum(2) / m[:, None]), np.nan)
+        xm = (x * p).sum(1) / m
+        ym = y.sum(2) / m[:, None]
+        dx = np.where(p, x - xm[:, None], 0.0)
+        dy = np.where(p[:, None, :], y - ym[:, :, None], 0.0)
+        sxx = (dx * dx).sum(1)
+        slope = np.where(((m >= 3) & (sxx > 0))[:, None], (dx[:, None, :] * dy).sum(2) / sxx[:, None], np.nan)
+        volatility = np.where((m >= 2)[:, None], np.sqrt((dy * dy).sum(2) / m[:, None]), np.nan)
         for j, k in enumerate(trend):
             out[names[k]][f"{table}.{names[k]}__slope_{W}m"] = slope[:, j]
             out[names[k]][f"{table}.{names[k]}__volatility_{W}m"] = volatility[:, j]
@@ -722,6 +719,8 @@ class FeatureBuilder:
                 indicator_of.append(k)
                 j += 1
         stats = list(f["numeric"].values())
+        if f["raw_features"][: len(names)] != names:  # `_fill` reads the numeric block from `raw`
+            raise ValueError("feature schema: raw_features must list the numeric characteristics first")
         plan = _StaticPlan(
             names=names,
             signed_log=np.array([s["transform"] == "signed_log" for s in stats], dtype=bool),
@@ -753,16 +752,16 @@ class FeatureBuilder:
         f = self._require_fitted()
         T = self.config.lookback_months
         codes = {name: _category_codes(categorical[name], f["vocab"][name]) for name in f["categorical"]}
-        # One stacked copy instead of a column assignment per characteristic (the same values).
-        np.stack(
-            [numeric[name] if name in numeric else codes[name] for name in f["raw_features"]], axis=1, out=raw
-        )
+        # One concatenated copy instead of a column assignment per characteristic (the same values;
+        # np.stack costs ~0.5 us more per column, which shows for a single applicant in serving).
+        columns = [numeric[name] if name in numeric else codes[name] for name in f["raw_features"]]
+        raw[:] = np.concatenate(columns).reshape(len(columns), len(raw)).T
 
         # All numeric characteristics at once, [n, K]: the same element-wise operations as one column
         # at a time (so the same values), without ~10 numpy calls per column, which dominate the
-        # transform of a single applicant in serving.
+        # transform of a single applicant in serving. They are raw's first K columns.
         plan = self._static_plan()
-        x = np.stack([numeric[name] for name in plan.names], axis=1).astype(np.float64, copy=False)
+        x = raw[:, : len(plan.names)]
         z = x.copy()
         z[:, plan.signed_log] = _signed_log(x[:, plan.signed_log])
         missing = ~np.isfinite(z)

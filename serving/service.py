@@ -260,6 +260,7 @@ class ApiKeyMiddleware:
     http={"host": CONFIG.host, "port": CONFIG.port},
     traffic={"timeout": 60},
     logging={"access": {"enabled": False}},  # the decision log is the record; access lines cost latency
+    tracing={"excluded_urls": [] if CONFIG.observability.trace_scoring else sorted(PROTECTED)},
 )
 class Scoring:
     """Champion and challenger scoring with a durable decision log (see the module docstring)."""
