@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import pytest
 import sqlalchemy as sa
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -458,6 +459,22 @@ def test_serving_imports_neither_torch_nor_lightning(shadow: Server) -> None:
         [sys.executable, "-c", code], cwd=REPO_ROOT, env=shadow.env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(("trace", "excluded"), [(False, ["/score", "/score_batch"]), (True, [])])
+def test_scoring_routes_carry_spans_only_when_configured(
+    tmp_path: Path, trace: bool, excluded: list[str]
+) -> None:
+    """OpenTelemetry spans cost ~1 ms of CPU per /score: off for the scoring routes unless asked for."""
+    config = tmp_path / "serving.yaml"
+    config.write_text(yaml.safe_dump({"observability": {"trace_scoring": trace}}))
+    code = "import serving.service as s; print(s.Scoring.config['tracing']['excluded_urls'])"
+    env = os.environ | {"GOVRISK_SERVING_CONFIG": str(config)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(excluded)
 
 
 # --- routing modes ---------------------------------------------------------------------------------
