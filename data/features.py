@@ -719,8 +719,13 @@ class FeatureBuilder:
                 indicator_of.append(k)
                 j += 1
         stats = list(f["numeric"].values())
-        if f["raw_features"][: len(names)] != names:  # `_fill` reads the numeric block from `raw`
-            raise ValueError("feature schema: raw_features must list the numeric characteristics first")
+        head = f["raw_features"][: len(names)]
+        if head != names:  # `_fill` reads the numeric block from `raw`'s first columns
+            k = next(i for i, name in enumerate(names) if i >= len(head) or head[i] != name)
+            raise ValueError(
+                f"feature schema: raw_features must list the numeric characteristics first, in order; "
+                f"position {k} is {head[k] if k < len(head) else None!r}, expected {names[k]!r}"
+            )
         plan = _StaticPlan(
             names=names,
             signed_log=np.array([s["transform"] == "signed_log" for s in stats], dtype=bool),

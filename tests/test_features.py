@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,18 @@ def test_schema_round_trip_gives_identical_features(tmp_path: Path, tiny_county,
     path = builder.save(tmp_path / "feature_schema.json")
     served = FeatureBuilder.from_schema(path)
     _assert_same(batch, served.transform(tiny_county.applicants, tiny_county.monthly))
+
+
+def test_a_schema_with_reordered_raw_features_is_refused(tmp_path: Path, tiny_county, tiny_features) -> None:
+    builder, _ = tiny_features
+    schema = json.loads(builder.save(tmp_path / "feature_schema.json").read_text())
+    first, second = schema["fitted"]["raw_features"][:2]
+    schema["fitted"]["raw_features"][:2] = [second, first]
+    served = FeatureBuilder.from_schema(schema)
+    with pytest.raises(
+        ValueError, match=rf"position 0 is '{re.escape(second)}', expected '{re.escape(first)}'"
+    ):
+        served.transform(tiny_county.applicants, tiny_county.monthly)
 
 
 def test_unknown_categories_fall_into_the_unknown_bucket(tiny_county, tiny_features) -> None:
