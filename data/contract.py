@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from govrisk.paths import config_path
+from govrisk.paths import StrictModel, config_path
 
 ColumnType = Literal["string", "category", "float", "int", "bool", "date"]
 # How a monthly column is summarised into aggregates (see data/features.py):
@@ -24,9 +24,7 @@ ColumnKind = Literal["amount", "count", "good_event", "bad_event", "delinquency"
 MONTH = "month"  # every monthly table is keyed by (applicant key, month); month = first day of the month
 
 
-class ColumnSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ColumnSpec(StrictModel):
     type: ColumnType
     categories: tuple[str, ...] | None = None
     open: bool = False  # open category: values outside the list are allowed (township codes)
@@ -47,9 +45,7 @@ class ColumnSpec(BaseModel):
         return self
 
 
-class TableSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class TableSpec(StrictModel):
     description: str = ""
     columns: dict[str, ColumnSpec]
 
@@ -72,9 +68,7 @@ class ApplicantsSpec(TableSpec):
         return self
 
 
-class Contract(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Contract(StrictModel):
     name: str
     version: str
     description: str = ""

@@ -30,18 +30,16 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from data.contract import MONTH, ColumnSpec, Contract, load_contract
-from govrisk.paths import load_config
+from govrisk.paths import StrictModel, load_config
 
 SCHEMA_VERSION = 1
 UNKNOWN = "__unknown__"
 
 
-class RatioConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class RatioConfig(StrictModel):
     name: str
     numerator: str  # an applicants column, or `table.column` summed over `window` months
     denominator: str
@@ -49,9 +47,7 @@ class RatioConfig(BaseModel):
     agg: Literal["sum", "mean"] = "sum"
 
 
-class FeatureConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class FeatureConfig(StrictModel):
     contract: str
     lookback_months: int = Field(ge=1, le=36)
     windows: tuple[int, ...]

@@ -27,23 +27,19 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from rich.progress import Progress
 
 from data.contract import load_contract
 from data.store import DatasetWriter
-from govrisk.paths import load_config
+from govrisk.paths import StrictModel, load_config
 
 TRUTH_TABLE = "truth"
 TRUTH_SCHEMA = pa.schema([pa.field("applicant_id", pa.string()), pa.field("true_pd", pa.float64())])
 GENERATOR_VERSION = "2"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EntityConfig(_Strict):
+class EntityConfig(StrictModel):
     share: float = Field(ge=0)
     revenue: float = Field(gt=0)
     employer_ss: float = Field(ge=0, le=1)
@@ -52,14 +48,14 @@ class EntityConfig(_Strict):
     general_taxpayer: float = Field(ge=0, le=1)
 
 
-class IndustryConfig(_Strict):
+class IndustryConfig(StrictModel):
     volatility: float = Field(gt=0)
     margin: float = Field(gt=0, lt=1)
     ticket: float = Field(gt=0)
     entity_weights: list[float]
 
 
-class ShockConfig(_Strict):
+class ShockConfig(StrictModel):
     industry: str
     start: str = Field(pattern=r"^\d{4}-\d{2}$")
     ramp: int = Field(ge=1)
@@ -68,7 +64,7 @@ class ShockConfig(_Strict):
     depth: float
 
 
-class HealthConfig(_Strict):
+class HealthConfig(StrictModel):
     persistence: float = Field(ge=0, lt=1)
     quality_loading: float
     trend_sd: float = Field(ge=0)
@@ -79,7 +75,7 @@ class HealthConfig(_Strict):
     ss_lag: int = Field(ge=0, le=12)
 
 
-class StressConfig(_Strict):
+class StressConfig(StrictModel):
     late_filing: tuple[float, float]
     zero_declaration: tuple[float, float]
     unpaid_tax: tuple[float, float]
@@ -88,7 +84,7 @@ class StressConfig(_Strict):
     record_gap: float = Field(ge=0, lt=1)
 
 
-class PdConfig(_Strict):
+class PdConfig(StrictModel):
     intercept: float
     level: float
     trend: float
@@ -103,13 +99,13 @@ class PdConfig(_Strict):
     industry: dict[str, float]
 
 
-class DriftConfig(_Strict):
+class DriftConfig(StrictModel):
     quality_shift: float
     leverage_shift: float
     entity_shares: dict[str, float]
 
 
-class GeneratorConfig(_Strict):
+class GeneratorConfig(StrictModel):
     contract: str
     first_vintage: str = Field(pattern=r"^\d{4}-\d{2}$")
     vintages: int = Field(ge=1)

@@ -7,12 +7,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = REPO_ROOT / "configs"
+
+
+class StrictModel(BaseModel):
+    """The base of every config model: an unknown key is an error (a misspelt key never silently
+    leaves the default in force) and a loaded config is immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def work_dir() -> Path:

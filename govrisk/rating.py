@@ -6,19 +6,17 @@ import itertools
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from govrisk.paths import load_config
+from govrisk.paths import StrictModel, load_config
 
 
-class Grade(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Grade(StrictModel):
     grade: str
     max_pd: float = Field(gt=0, le=1)
 
 
-class MasterScale(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class MasterScale(StrictModel):
     name: str
     version: str
     grades: list[Grade] = Field(min_length=2)

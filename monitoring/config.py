@@ -6,16 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from govrisk.paths import load_config
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from govrisk.paths import StrictModel, load_config
 
 
-class AlertThresholds(_Strict):
+class AlertThresholds(StrictModel):
     max_score_psi: float = Field(gt=0)
     max_characteristic_psi: float = Field(gt=0)
     max_auc_drop: float = Field(ge=0, le=1)
@@ -24,14 +20,14 @@ class AlertThresholds(_Strict):
     max_input_pd_difference: float = Field(gt=0)
 
 
-class LiveConfig(_Strict):
+class LiveConfig(StrictModel):
     governance_policy: str = Field(min_length=1)
     min_outcomes: int = Field(ge=1)
     min_defaults: int = Field(ge=2)  # the report's statistics need at least two of each outcome
     alerts: AlertThresholds
 
 
-class BookConfig(_Strict):
+class BookConfig(StrictModel):
     term_months: int = Field(ge=1, le=600)
     pd_rise_factor: float = Field(gt=1)
     min_pd_now: float = Field(ge=0, lt=1)
@@ -41,7 +37,7 @@ class BookConfig(_Strict):
     score_batch: int = Field(ge=1)
 
 
-class MonitoringConfig(_Strict):
+class MonitoringConfig(StrictModel):
     outcome_window_months: int = Field(ge=1, le=120)
     live: LiveConfig
     book: BookConfig

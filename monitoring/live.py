@@ -28,7 +28,7 @@ from data.store import Dataset, read_dataset, verify_hash
 from monitoring.config import MonitoringConfig
 from monitoring.decisions import first_decisions
 from research import stats
-from research.governance import Policy, _check
+from research.governance import Policy, check_row
 from research.report import (
     ROLES,
     Scored,
@@ -318,7 +318,7 @@ def build_live_report(
 def challenger_check(ops: dict[str, Any], config: MonitoringConfig) -> dict[str, Any]:
     """The challenger's error rate against its threshold: read from the log alone, no outcome needed."""
     t = config.live.alerts
-    return _check(
+    return check_row(
         "challenger answers", ops["challenger_error_rate"] <= t.max_challenger_error_rate,
         ops["challenger_error_rate"], f"error rate <= {t.max_challenger_error_rate}",
         f"{ops['challenger_failed']:,} of {ops['challenger_due']:,} decisions without the challenger's answer "
@@ -333,14 +333,14 @@ def alerts(report: dict[str, Any], config: MonitoringConfig) -> dict[str, Any]:
     checks = []
     for role in ROLES:
         psi = report["stability"]["score_psi"][role]["value"]
-        checks.append(_check(
+        checks.append(check_row(
             f"{role} score stable (PSI)", psi <= t.max_score_psi, psi, f"PSI <= {t.max_score_psi}",
             f"PSI of the {role}'s live PD against its development PDs: {psi:.4f}",
         ))  # fmt: skip
     csi = report["stability"]["csi"]
     shifted = [c["characteristic"] for c in csi if c["csi"] > t.max_characteristic_psi]
     worst = max(csi, key=lambda c: c["csi"], default=None)
-    checks.append(_check(
+    checks.append(check_row(
         "inputs stable (CSI of the champion's main characteristics)", not shifted, shifted,
         f"every CSI <= {t.max_characteristic_psi}",
         f"largest: {worst['characteristic']} {worst['csi']:.4f}" if worst else "no characteristic checked",
@@ -349,19 +349,19 @@ def alerts(report: dict[str, Any], config: MonitoringConfig) -> dict[str, Any]:
         o = live["offline_vs_live"][role]
         if o["offline_oot_auc"] is None:
             checks.append(
-                _check(f"{role} AUC held up", True, None, "-", "no offline oot/auroc in metrics.json")
+                check_row(f"{role} AUC held up", True, None, "-", "no offline oot/auroc in metrics.json")
             )
             continue
         drop = o["offline_oot_auc"] - o["live_auc"]
         significant = o["live_auc_high"] < o["offline_oot_auc"]
-        checks.append(_check(
+        checks.append(check_row(
             f"{role} AUC held up", not (drop > t.max_auc_drop and significant), drop,
             f"drop <= {t.max_auc_drop}, or not significant", f"offline OOT AUC {o['offline_oot_auc']:.4f}, "
             f"live {o['live_auc']:.4f} [{o['live_auc_low']:.4f}, {o['live_auc_high']:.4f}]",
         ))  # fmt: skip
     for role in ROLES:
         hl = report["calibration"][role]["hosmer_lemeshow"]
-        checks.append(_check(
+        checks.append(check_row(
             f"{role} calibrated (Hosmer-Lemeshow)", hl["p_value"] >= t.calibration_alpha, hl["p_value"],
             f"p >= {t.calibration_alpha}", f"HL statistic {hl['statistic']:.2f} on {hl['df']} df; mean PD "
             f"{report['calibration'][role]['mean_pd']:.2%} against a default rate of "
@@ -370,7 +370,7 @@ def alerts(report: dict[str, Any], config: MonitoringConfig) -> dict[str, Any]:
     checks.append(challenger_check(live["operations"], config))
     parity = live["input_parity"]["max_abs_pd_difference"]
     worst_parity = max(parity.values())
-    checks.append(_check(
+    checks.append(check_row(
         "records match what was scored", worst_parity <= t.max_input_pd_difference, parity,
         f"max |PD logged - PD rescored| <= {t.max_input_pd_difference}",
         "the dataset's records of the evaluated applicants, scored again by both models, against the logged PDs",

@@ -25,24 +25,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from govrisk.paths import load_config, work_dir
+from govrisk.paths import StrictModel, load_config, work_dir
 
 SPLITS = ("train", "val", "oot")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BootstrapPolicy(_Strict):
+class BootstrapPolicy(StrictModel):
     n_boot: int = Field(ge=50, le=100_000)
     level: float = Field(gt=0.5, lt=1)
     seed: int = Field(ge=0)
 
 
-class SegmentPolicy(_Strict):
+class SegmentPolicy(StrictModel):
     columns: list[str]
     thin_file_months_registered: int = Field(ge=0, le=600)
     thin_file_months_with_records: int = Field(ge=0, le=600)
@@ -51,7 +47,7 @@ class SegmentPolicy(_Strict):
     min_defaults: int = Field(ge=1)
 
 
-class Thresholds(_Strict):
+class Thresholds(StrictModel):
     auc_gain_alpha: float = Field(gt=0, lt=1)
     min_auc_gain: float = Field(ge=-1, le=1)
     max_psi: float = Field(gt=0)
@@ -61,7 +57,7 @@ class Thresholds(_Strict):
     max_segment_auc_loss: float = Field(ge=0, le=1)
 
 
-class Policy(_Strict):
+class Policy(StrictModel):
     approval_rate: float = Field(gt=0, lt=1)
     development: list[Literal["train", "val", "oot"]] = Field(min_length=1)
     evaluation: Literal["train", "val", "oot"]
@@ -91,7 +87,8 @@ def load_policy(name_or_path: str | Path = "default") -> Policy:
 # --- the recommendation -------------------------------------------------------------------------------
 
 
-def _check(name: str, passed: bool, value: Any, threshold: str, detail: str) -> dict[str, Any]:
+def check_row(name: str, passed: bool, value: Any, threshold: str, detail: str) -> dict[str, Any]:
+    """One row of a recommendation's or an alert list's checks: what was tested, against what, and why."""
     return {"check": name, "passed": bool(passed), "value": value, "threshold": threshold, "detail": detail}
 
 
@@ -102,7 +99,7 @@ def recommend(report: dict[str, Any], policy: Policy) -> dict[str, Any]:
 
     d = report["discrimination"]["delong"]
     gain_ok = d["p_value"] < t.auc_gain_alpha and d["diff"] > t.min_auc_gain
-    checks.append(_check(
+    checks.append(check_row(
         "AUC gain significant", gain_ok, {"diff": d["diff"], "p_value": d["p_value"]},
         f"p < {t.auc_gain_alpha} and gain > {t.min_auc_gain}",
         f"challenger - champion AUC {d['diff']:+.4f} (95 % CI {d['ci_low']:+.4f} .. {d['ci_high']:+.4f}), "
@@ -110,13 +107,13 @@ def recommend(report: dict[str, Any], policy: Policy) -> dict[str, Any]:
     ))  # fmt: skip
 
     psi = report["stability"]["score_psi"]["challenger"]["value"]
-    checks.append(_check(
+    checks.append(check_row(
         "challenger score stable", psi < t.max_psi, psi, f"PSI < {t.max_psi}",
         f"PSI of the challenger's PD, development -> evaluation: {psi:.4f}",
     ))  # fmt: skip
 
     hl = report["calibration"]["challenger"]["hosmer_lemeshow"]
-    checks.append(_check(
+    checks.append(check_row(
         "calibration not rejected (Hosmer-Lemeshow)", hl["p_value"] >= t.calibration_alpha, hl["p_value"],
         f"p >= {t.calibration_alpha}",
         f"HL statistic {hl['statistic']:.2f} on {hl['df']} df, p = {hl['p_value']:.3g}",
@@ -124,14 +121,14 @@ def recommend(report: dict[str, Any], policy: Policy) -> dict[str, Any]:
 
     grades = report["grades"]["challenger"]
     rejected = [g["grade"] for g in grades["table"] if g.get("jeffreys_rejected")]
-    checks.append(_check(
+    checks.append(check_row(
         "grade PDs not rejected (Jeffreys)", len(rejected) <= t.max_rejected_grades, len(rejected),
         f"<= {t.max_rejected_grades} grades with p < {t.calibration_alpha}",
         f"grades whose observed default rate is significantly above their PD: {rejected or 'none'}",
     ))  # fmt: skip
 
     if t.require_monotone_grades:
-        checks.append(_check(
+        checks.append(check_row(
             "grade bad rates monotone", grades["monotone"], grades["monotone"], "monotone",
             "bad rate falls from a grade to a worse one at: "
             + (", ".join(grades["violations"]) if grades["violations"] else "nowhere"),
@@ -141,7 +138,7 @@ def recommend(report: dict[str, Any], policy: Policy) -> dict[str, Any]:
     losing = [s for s in judged
               if -s["auc_delta"] > t.max_segment_auc_loss and s["p_worse"] < t.auc_gain_alpha]  # fmt: skip
     worst = min(judged, key=lambda s: s["auc_delta"], default=None)
-    checks.append(_check(
+    checks.append(check_row(
         "no segment loses discrimination", not losing, [f"{s['dimension']}={s['segment']}" for s in losing],
         f"no judged segment with AUC loss > {t.max_segment_auc_loss} and DeLong p < {t.auc_gain_alpha}",
         (f"worst judged segment: {worst['dimension']}={worst['segment']} (champion {worst['champion_auc']:.4f}, "

@@ -39,19 +39,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from govrisk.paths import config_path, load_config, work_dir
+from govrisk.paths import StrictModel, config_path, load_config, work_dir
 
 SPACE_ATTR = "govrisk:fingerprint"
 DEFAULT_ROLE = "default"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FloatParam(_Strict):
+class FloatParam(StrictModel):
     type: Literal["float"]
     low: float
     high: float
@@ -64,7 +60,7 @@ class FloatParam(_Strict):
         return self
 
 
-class IntParam(_Strict):
+class IntParam(StrictModel):
     type: Literal["int"]
     low: int
     high: int
@@ -78,7 +74,7 @@ class IntParam(_Strict):
         return self
 
 
-class CategoricalParam(_Strict):
+class CategoricalParam(StrictModel):
     type: Literal["categorical"]
     # Lists (e.g. dilations) are allowed: Optuna stores them as their JSON text.
     choices: list[Any] = Field(min_length=1)
@@ -87,13 +83,13 @@ class CategoricalParam(_Strict):
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
 
 
-class SamplerSpec(_Strict):
+class SamplerSpec(StrictModel):
     seed: int = Field(default=0, ge=0)
     n_startup_trials: int = Field(default=8, ge=1)  # random trials before TPE models the space
     multivariate: bool = True
 
 
-class PrunerSpec(_Strict):
+class PrunerSpec(StrictModel):
     kind: Literal["median", "hyperband"]
     n_startup_trials: int = Field(default=5, ge=0)  # median: trials finished before any is pruned
     n_warmup_steps: int = Field(default=1, ge=0)  # median: epochs a trial always gets
@@ -101,7 +97,7 @@ class PrunerSpec(_Strict):
     reduction_factor: int = Field(default=3, ge=2)  # hyperband
 
 
-class SearchSpace(_Strict):
+class SearchSpace(StrictModel):
     model: Literal["cnn", "tabular"]
     experiment: str  # base experiment: configs/experiment/<name>.yaml or a path
     metric: str = "val/auroc"  # maximised; logged per epoch by the Lightning module

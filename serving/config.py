@@ -13,26 +13,22 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from govrisk.paths import load_config, work_dir
+from govrisk.paths import StrictModel, load_config, work_dir
 
 CONFIG_ENV = "GOVRISK_SERVING_CONFIG"  # how `govrisk serve` and tests hand a config to `bentoml serve`
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RoutingConfig(_Strict):
+class RoutingConfig(StrictModel):
     mode: Literal["shadow", "split", "champion_only"] = "shadow"
     # split: the share of applicants decided by the challenger, drawn by hashing the applicant id
     split_share: float = Field(default=0.1, ge=0, le=1)
     salt: str = Field(default="govrisk-split-v1", min_length=1)  # change it to re-draw the arms
 
 
-class FaultInjection(_Strict):
+class FaultInjection(StrictModel):
     """Test-only: make the challenger raise or sleep, to prove the champion does not wait for it.
 
     Kept in configuration (not monkeypatching) so tests exercise the real server process.
@@ -42,13 +38,13 @@ class FaultInjection(_Strict):
     sleep_ms: float = Field(default=0, ge=0, le=60_000)
 
 
-class ChallengerConfig(_Strict):
+class ChallengerConfig(StrictModel):
     tag: str | None = "county-cnn:latest"  # null: no challenger
     budget_ms: float = Field(default=15, gt=0, le=10_000)  # wait at most this long for its answer
     fault: FaultInjection = FaultInjection()
 
 
-class AuthConfig(_Strict):
+class AuthConfig(StrictModel):
     # sha256 hex digests of accepted API keys; raw keys are never written to configuration
     key_hashes: tuple[str, ...] = ()
     keys_env: str | None = "GOVRISK_API_KEYS"  # comma-separated raw keys, hashed at start-up
@@ -61,7 +57,7 @@ class AuthConfig(_Strict):
         return self
 
 
-class DecisionLogConfig(_Strict):
+class DecisionLogConfig(StrictModel):
     url: str | None = None  # null: sqlite:///$GOVRISK_WORK/serving/decisions.db
     table: str = Field(default="decisions", pattern=r"^[a-z_][a-z0-9_]*$")
     schema_: str | None = Field(default=None, alias="schema", pattern=r"^[a-z_][a-z0-9_]*$")
@@ -78,7 +74,7 @@ class DecisionLogConfig(_Strict):
         return f"sqlite:///{work_dir() / 'serving' / 'decisions.db'}"
 
 
-class ObservabilityConfig(_Strict):
+class ObservabilityConfig(StrictModel):
     """What the HTTP layer records per scoring request beyond govrisk's metrics and decision log."""
 
     # OpenTelemetry spans for /score and /score_batch. Off by default: a span costs about 1 ms of CPU
@@ -88,7 +84,7 @@ class ObservabilityConfig(_Strict):
     trace_scoring: bool = False
 
 
-class ServingConfig(_Strict):
+class ServingConfig(StrictModel):
     name: str = "govrisk-scoring"
     host: str = "127.0.0.1"
     port: int = Field(default=3000, ge=1, le=65535)
@@ -139,7 +135,7 @@ def load_serving_config(name_or_path: str | Path | None = None, **overrides: Any
 Decision = Literal["approve", "refer", "decline"]
 
 
-class HardRule(_Strict):
+class HardRule(StrictModel):
     """A rule checked before any PD cut-off; the first rule that fires decides.
 
     `field` is an applicant field or a raw characteristic of the feature schema
@@ -162,7 +158,7 @@ class HardRule(_Strict):
         return self
 
 
-class AdmissionConfig(_Strict):
+class AdmissionConfig(StrictModel):
     approve_below_pd: float = Field(gt=0, lt=1)  # PD < this: approve
     decline_at_pd: float = Field(gt=0, le=1)  # PD >= this: decline; in between: refer
 
@@ -175,7 +171,7 @@ class AdmissionConfig(_Strict):
         return self
 
 
-class PricingConfig(_Strict):
+class PricingConfig(StrictModel):
     """Annual rate = funding cost + PD x LGD + capital margin + operating margin, within bounds."""
 
     funding_cost: float = Field(ge=0, le=1)
@@ -192,7 +188,7 @@ class PricingConfig(_Strict):
         return self
 
 
-class LimitConfig(_Strict):
+class LimitConfig(StrictModel):
     """Limit = min(requested, revenue capacity, cap of the entity type), rounded down."""
 
     revenue_feature: str = "tax_monthly.declared_sales__mean_12m"  # average monthly sales
@@ -203,7 +199,7 @@ class LimitConfig(_Strict):
     round_to: float = Field(default=1000, gt=0)
 
 
-class PolicyConfig(_Strict):
+class PolicyConfig(StrictModel):
     name: str
     version: str
     hard_rules: tuple[HardRule, ...] = ()

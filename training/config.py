@@ -11,25 +11,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from govrisk.paths import config_path
+from govrisk.paths import StrictModel, config_path
 
 ModelKind = Literal["scorecard", "cnn", "tabular"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class GenerateSpec(_Strict):
+class GenerateSpec(StrictModel):
     config: str = "county"
     applicants: int = Field(ge=500, le=5_000_000)
     seed: int = Field(ge=0)
     drift: bool = False
 
 
-class DataSpec(_Strict):
+class DataSpec(StrictModel):
     dataset: str | None = None  # an existing dataset folder
     generate: GenerateSpec | None = None  # or a synthetic county, generated once into the work folder
     import_taiwan: str | None = None  # or the Taiwan CSV, imported once into the work folder
@@ -45,7 +41,7 @@ class DataSpec(_Strict):
         return self
 
 
-class SplitSpec(_Strict):
+class SplitSpec(StrictModel):
     kind: Literal["vintage", "stratified"]
     # vintage: train before val_start, validation until oot_start, out-of-time from oot_start on
     val_start: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}$")
@@ -71,12 +67,12 @@ class SplitSpec(_Strict):
         return self
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     kind: ModelKind
     params: dict[str, Any] = Field(default_factory=dict)  # overrides of configs/model/<kind>.yaml
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     seed: int = Field(ge=0)
     data: DataSpec

@@ -35,13 +35,13 @@ import torchmetrics
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchmetrics.classification import BinaryAUROC, BinaryROC
 
 from data.features import FeatureSet
-from govrisk.paths import config_path
+from govrisk.paths import StrictModel, config_path
 from training.nets import Calibrated, CnnNetConfig, TabularNetConfig, build_net
 
 MONITOR = "val/auroc"
@@ -50,11 +50,7 @@ MONITOR = "val/auroc"
 # --- configs ------------------------------------------------------------------------------------------
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OptimConfig(_Strict):
+class OptimConfig(StrictModel):
     lr: float = Field(gt=0, le=1)
     weight_decay: float = Field(ge=0, le=1)
     schedule: Literal["onecycle", "cosine", "none"] = "onecycle"
@@ -63,7 +59,7 @@ class OptimConfig(_Strict):
     grad_clip: float = Field(default=1.0, ge=0)  # 0 = off
 
 
-class TrainerConfig(_Strict):
+class TrainerConfig(StrictModel):
     max_epochs: int = Field(ge=1, le=1000)
     patience: int = Field(ge=1, le=1000)
     batch_size: Annotated[int, Field(ge=1, le=1_000_000)]
@@ -74,7 +70,7 @@ class TrainerConfig(_Strict):
 Calibration = Literal["platt", "temperature", "none"]
 
 
-class _NetConfig(_Strict):
+class _NetConfig(StrictModel):
     """What every network's config has beside its `net` section."""
 
     optim: OptimConfig

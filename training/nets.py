@@ -26,19 +26,17 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
+
+from govrisk.paths import StrictModel
 
 MAX_FIT_ROWS = 1_000_000
 Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]
 Width = Annotated[int, Field(ge=1, le=4096)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CnnNetConfig(_Strict):
+class CnnNetConfig(StrictModel):
     """Constructor kwargs of `TemporalConvNet` (less the data shapes)."""
 
     hidden: Width
@@ -57,7 +55,7 @@ class CnnNetConfig(_Strict):
     ensemble_size: int = Field(default=1, ge=1, le=64)
 
 
-class TabularNetConfig(_Strict):
+class TabularNetConfig(StrictModel):
     """Constructor kwargs of `TabularNet` (less the data shape)."""
 
     embedding: Literal["ple", "periodic", "none"]

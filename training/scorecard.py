@@ -37,12 +37,12 @@ import onnx
 import pandas as pd
 from onnx import TensorProto, helper, numpy_helper
 from optbinning import OptimalBinning
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from govrisk.paths import load_config
+from govrisk.paths import StrictModel, load_config
 from govrisk.reasons import reasons_from_points  # re-exported: serving imports it from govrisk
 
 ONNX_OPSET = 17
@@ -51,11 +51,9 @@ UNKNOWN_CODE = -1.0  # FeatureBuilder's code for an unknown / unseen category
 
 
 # --- configuration -----------------------------------------------------------------------------
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BinningConfig(_Strict):
+class BinningConfig(StrictModel):
     prebinning_method: Literal["cart", "quantile", "uniform", "mdlp"]
     solver: Literal["cp", "mip", "ls"]
     max_n_prebins: int = Field(ge=2)
@@ -77,14 +75,14 @@ class BinningConfig(_Strict):
         return self
 
 
-class SelectionConfig(_Strict):
+class SelectionConfig(StrictModel):
     min_iv: float = Field(ge=0)
     max_features: int = Field(ge=1)
     max_correlation: float = Field(gt=0, le=1)
     drop_wrong_sign: bool
 
 
-class RegressionConfig(_Strict):
+class RegressionConfig(StrictModel):
     penalty: Literal["l2", "l1", "none"]
     C: float = Field(gt=0)
     solver: Literal["lbfgs", "liblinear", "newton-cg", "newton-cholesky", "sag", "saga"]
@@ -99,7 +97,7 @@ class RegressionConfig(_Strict):
         return self
 
 
-class ScalingConfig(_Strict):
+class ScalingConfig(StrictModel):
     base_points: float
     base_odds: float = Field(gt=0)
     pdo: float = Field(gt=0)
@@ -113,7 +111,7 @@ class ScalingConfig(_Strict):
         return self.base_points - self.factor * math.log(self.base_odds)
 
 
-class ScorecardConfig(_Strict):
+class ScorecardConfig(StrictModel):
     binning: BinningConfig
     selection: SelectionConfig
     regression: RegressionConfig
