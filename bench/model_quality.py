@@ -8,15 +8,17 @@ oracle AUC of the true PD. Taiwan: 5-fold stratified CV (shuffle, seed 0). Speed
 
 Usage: python bench/model_quality.py [--applicants 200000] [--models scorecard,tabular,cnn]
                                     [--skip-county] [--skip-taiwan] [--skip-speed]
-(`--models` reruns some rows: every run is seeded, so a row equals the same row of a full run.)
+                                    [--set MODEL:KEY=VALUE ...]
+(`--models` reruns some rows: every run is seeded, so a row equals the same row of a full run.
+`--set cnn:model.params.trainer.max_epochs=6` tries a variant of one model on the same splits.)
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ import yaml
 from data.features import FeatureBuilder
 from data.store import read_table
 from govrisk.paths import CONFIGS
-from training.config import experiment_from_dict
+from training.config import apply_overrides, experiment_from_dict
 from training.metrics import evaluate
 from training.train import load_data, prepare, split_indices, train
 
@@ -34,16 +36,11 @@ LGBM = {"n_estimators": 2000, "learning_rate": 0.03, "num_leaves": 31, "min_chil
         "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.5, "verbose": -1}  # fmt: skip
 
 
-def experiment(name: str, **changes: object) -> dict:
-    raw = yaml.safe_load((CONFIGS / "experiment" / f"{name}.yaml").read_text())
-    raw = copy.deepcopy(raw) | {"register_model": False}
-    for key, value in changes.items():
-        node = raw
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return raw
+def experiment(name: str, overrides: Sequence[str] = (), **changes: object) -> dict:
+    """configs/experiment/NAME.yaml, unregistered, with the bench's `changes` and then the user's
+    `--set` overrides applied as `govrisk train` applies its `key=value` arguments."""
+    raw = yaml.safe_load((CONFIGS / "experiment" / f"{name}.yaml").read_text()) | {"register_model": False}
+    return apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in changes.items()] + list(overrides))
 
 
 def lightgbm_reference(raw_cfg: dict) -> tuple[dict[str, float], float]:
@@ -66,11 +63,13 @@ def fit_seconds(run_dir: Path) -> float:
     return json.loads((run_dir / "metrics.json").read_text())["fit_seconds"]
 
 
-def county(applicants: int, models: list[str]) -> dict[str, dict[str, float]]:
+def county(applicants: int, models: list[str], settings: dict[str, list[str]]) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     for kind in models:
         raw = experiment(
-            f"county_{kind}", **{"data.generate.applicants": applicants, "data.generate.seed": 11}
+            f"county_{kind}",
+            settings[kind],
+            **{"data.generate.applicants": applicants, "data.generate.seed": 11},
         )
         result = train(*experiment_from_dict(raw))
         rows[kind] = result.metrics | {"seconds": fit_seconds(result.run_dir)}
@@ -95,12 +94,12 @@ def county(applicants: int, models: list[str]) -> dict[str, dict[str, float]]:
     return rows
 
 
-def taiwan(models: list[str], folds: int = 5) -> dict[str, list[float]]:
+def taiwan(models: list[str], settings: dict[str, list[str]], folds: int = 5) -> dict[str, list[float]]:
     aucs: dict[str, list[float]] = {k: [] for k in (*models, "lightgbm")}
     for fold in range(folds):
         split = {"kind": "stratified", "folds": folds, "fold": fold, "seed": 0, "val_share": 0.15}
         for kind in models:
-            result = train(*experiment_from_dict(experiment(f"taiwan_{kind}", split=split)))
+            result = train(*experiment_from_dict(experiment(f"taiwan_{kind}", settings[kind], split=split)))
             aucs[kind].append(result.metrics["oot/auroc"])
         metrics, _ = lightgbm_reference(experiment("taiwan_scorecard", split=split))
         aucs["lightgbm"].append(metrics["oot/auroc"])
@@ -108,15 +107,15 @@ def taiwan(models: list[str], folds: int = 5) -> dict[str, list[float]]:
     return aucs
 
 
-def cnn_epoch_seconds(n: int = 100_000) -> float:
-    """Wall time of one training epoch of the default CNN over n applicants x 24 months."""
+def cnn_epoch_seconds(overrides: Sequence[str], n: int = 100_000) -> float:
+    """Wall time of one training epoch of the CNN (as configured, with `overrides`) over n applicants x 24 months."""
     import lightning as L
 
     from training.lightning import RiskDataModule, RiskModule
     from training.nets import build_net
 
     cfg, params = experiment_from_dict(
-        experiment("county_cnn", **{"data.generate.applicants": 200_000, "data.generate.seed": 11})
+        experiment("county_cnn", overrides, **{"data.generate.applicants": 200_000, "data.generate.seed": 11})
     )
     ds, _ = load_data(cfg.data)
     a = ds.applicants.iloc[:n].reset_index(drop=True)
@@ -143,15 +142,29 @@ def main() -> None:
     ap.add_argument("--skip-county", action="store_true")
     ap.add_argument("--skip-taiwan", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="MODEL:KEY=VALUE",
+        help="override one model's experiment config, as `govrisk train` does "
+        "(repeatable; e.g. cnn:model.params.trainer.max_epochs=6)",
+    )
     args = ap.parse_args()
     models = [m for m in args.models.split(",") if m]
     if not models or set(models) - set(MODELS):
         ap.error(f"--models must be a comma-separated subset of {MODELS}, got {args.models!r}")
+    settings: dict[str, list[str]] = {m: [] for m in MODELS}
+    for item in args.set:
+        model, _, override = item.partition(":")
+        if model not in MODELS or "=" not in override:
+            ap.error(f"--set takes MODEL:KEY=VALUE with MODEL in {MODELS}, got {item!r}")
+        settings[model].append(override)
     checks: list[tuple[str, bool]] = []
 
     if not args.skip_county:
         print(f"== County, {args.applicants:,} applicants, OOT window 2023-07..2023-12", flush=True)
-        rows = county(args.applicants, models)
+        rows = county(args.applicants, models, settings)
         print(
             f"{'model':10s} {'OOT AUC':>8s} {'KS':>7s} {'Brier':>7s} {'top-10% capture':>16s} {'train s':>8s}"
         )
@@ -179,7 +192,7 @@ def main() -> None:
 
     if not args.skip_taiwan:
         print("== Taiwan, 5-fold stratified CV (shuffle, seed 0), AUC on the held-out fold", flush=True)
-        aucs = taiwan(models)
+        aucs = taiwan(models, settings)
         for name, v in aucs.items():
             print(f"{name:10s} mean AUC {np.mean(v):.4f}  (folds {' '.join(f'{x:.4f}' for x in v)})")
         if "cnn" in aucs:
@@ -190,7 +203,7 @@ def main() -> None:
             checks.append((f"Taiwan scorecard mean AUC {mean:.4f} >= 0.765", mean >= 0.765))
 
     if not args.skip_speed:
-        seconds = cnn_epoch_seconds()
+        seconds = cnn_epoch_seconds(settings["cnn"])
         print(f"== CNN epoch over 100,000 applicants x 24 months: {seconds:.1f} s")
         checks.append((f"CNN epoch {seconds:.1f} s <= 20 s", seconds <= 20))
 
