@@ -1,0 +1,105 @@
+"""The latency floor of the serving stack: BentoML answering /score without scoring anything.
+
+    python bench/serving_floor.py [--workers 2] [--rate 200] [--seconds 30]
+
+Starts `bentoml serve bench.serving_floor:Floor` (the scoring service's BentoML settings: workers,
+no access log, no tracing on /score; an async API whose input model BentoML parses from the same
+request bodies, and which answers a fixed JSON without any work) and runs bench/serving.py's open loop against it with the same request bodies. What it
+prints is what uvicorn, BentoML and the load client cost before any parsing, feature, model or
+decision-log work: the part of the `/score` latency bounds that scoring code cannot remove.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import httpx
+import numpy as np
+from starlette.responses import Response
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = int(os.environ.get("FLOOR_WORKERS", "2"))  # read by `bentoml serve` when it imports this file
+ANSWER = json.dumps({"request_id": "floor"}).encode()
+
+
+@bentoml.service(
+    name="govrisk-floor",
+    workers=WORKERS,
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": ["/score"]},
+)
+class Floor:
+    @bentoml.api(route="/score")
+    async def score(
+        self,
+        applicant: dict[str, Any] | None = None,
+        tax_monthly: list[dict[str, Any]] | None = None,
+        social_security_monthly: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        return Response(ANSWER, media_type="application/json")  # type: ignore[return-value]
+
+
+def main() -> None:
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT))
+    # bench/serving.py's open loop: the same client and schedule as the real figure (loaded by path,
+    # as `serving` is also the package name)
+    spec = importlib.util.spec_from_file_location("bench_serving", ROOT / "bench" / "serving.py")
+    assert spec is not None and spec.loader is not None
+    bench_serving = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_serving)
+    open_loop = bench_serving.open_loop
+
+    from data.store import read_dataset
+    from govrisk.paths import work_dir
+    from serving.client import request_bodies
+    from serving.launcher import free_port
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rate", type=float, default=200.0)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    args = ap.parse_args()
+    dataset = work_dir() / "data" / "bench-serving-3000-s3"
+    if not (dataset / "manifest.json").exists():
+        sys.exit(f"no request data at {dataset}: run `python bench/serving.py` once first")
+    bodies = [json.dumps(b).encode() for b in request_bodies(read_dataset(dataset))]
+    port = free_port()
+    cmd = [sys.executable, "-m", "bentoml", "serve", "bench.serving_floor:Floor", "--port", str(port)]
+    env = dict(os.environ, FLOOR_WORKERS=str(args.workers), BENTOML_HOME=str(work_dir() / "bentoml"))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"the floor service did not start (exit code {proc.poll()})")
+            time.sleep(0.2)
+        asyncio.run(open_loop(url, bodies, 50, 3))  # warm-up
+        lat, errors, _ = asyncio.run(open_loop(url, bodies, args.rate, args.seconds))
+        print(
+            f"floor: no-op /score, {args.workers} workers, open loop {args.rate:.0f} req/s x {args.seconds:.0f} s: "
+            f"p50 {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms, {errors} errors"
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
