@@ -130,7 +130,7 @@ def record_drivers(ds: Dataset, train_rows: np.ndarray) -> pd.DataFrame:
     )
 
 
-def fit_auc(x: pd.DataFrame, y: np.ndarray, rows: dict[str, np.ndarray]) -> np.ndarray:
+def fit_predict(x: pd.DataFrame, y: np.ndarray, rows: dict[str, np.ndarray]) -> np.ndarray:
     """LightGBM early-stopped on validation; predictions for every row."""
     tr, va = rows["train"], rows["val"]
     model = lgb.LGBMClassifier(**LGBM)
@@ -144,6 +144,8 @@ def main() -> None:
     ap.add_argument("--applicants", type=int, default=200_000)
     ap.add_argument("--cnn-run", type=Path, help="a trained CNN run folder on the same county, for segments")
     args = ap.parse_args()
+    if args.cnn_run and not (args.cnn_run / "model.onnx").is_file():
+        ap.error(f"--cnn-run {str(args.cnn_run)!r}: no model.onnx there (give a `govrisk train` run folder)")
     raw = experiment(
         "county_scorecard", **{"data.generate.applicants": args.applicants, "data.generate.seed": 11}
     )
@@ -155,8 +157,10 @@ def main() -> None:
     aggregates = pd.DataFrame(fs.static, columns=[f"static_{j}" for j in range(fs.static.shape[1])])
     scores = {
         "oracle (true PD)": truth.to_numpy(),
-        "drivers from records, LightGBM": fit_auc(drivers, y, rows),
-        "drivers + shared aggregates, LightGBM": fit_auc(pd.concat([drivers, aggregates], axis=1), y, rows),
+        "drivers from records, LightGBM": fit_predict(drivers, y, rows),
+        "drivers + shared aggregates, LightGBM": fit_predict(
+            pd.concat([drivers, aggregates], axis=1), y, rows
+        ),
     }
     if args.cnn_run:
         scores["CNN run"] = predictions(args.cnn_run, ds.applicants, ds.monthly)
