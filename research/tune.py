@@ -390,6 +390,11 @@ def make_objective(spec: StudySpec, n_trials: int, deadline: float | None = None
         is full. Returns the study's trials. Stale trials of dead workers are failed while waiting,
         or a killed worker's trial would hold its place until the next trial starts somewhere."""
         while True:
+            # This trial's own heartbeat first: a worker paused past the grace period (a suspended
+            # process, a frozen VM) would otherwise fail its own running trial here, and Optuna would
+            # then refuse its result and stop the worker ("Cannot tell a FAIL trial"). Studies are
+            # always opened on an RDB storage with heartbeats (`open_study`).
+            trial.storage.record_heartbeat(trial._trial_id)
             optuna.storages.fail_stale_trials(trial.study)
             others = trial.study.get_trials(deepcopy=False)
             done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in others)

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from govrisk.cli import app
-from research.tune import StudySpec, load_search_space, storage_url
+from research.tune import SkippedTrial, StudySpec, load_search_space, make_objective, open_study, storage_url
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -98,6 +98,28 @@ def test_bad_search_spaces_fail_naming_the_key(tmp_path: Path) -> None:
     assert storage_url("postgresql://u@h:5432/db") == "postgresql+psycopg://u@h:5432/db"
     with pytest.raises(ValueError, match="ftp://x"):
         storage_url("ftp://x")
+
+
+def test_a_worker_paused_past_the_grace_period_keeps_its_own_trial(
+    tmp_path: Path, tiny_space: Path, tiny_county_path: Path
+) -> None:
+    """A worker resumed after a pause longer than the grace period (a suspended process, a frozen VM)
+    refreshes its own heartbeat before it fails stale trials: it used to fail its own running trial,
+    and Optuna then refused the trial's result and stopped the worker ("Cannot tell a FAIL trial")."""
+    spec = StudySpec.create(
+        load_search_space(tiny_space),
+        overrides=[f"data.dataset={tiny_county_path}", "data.generate=null"],
+        storage=f"sqlite:///{tmp_path}/studies.db",
+        study="paused",
+        heartbeat=1,
+    )
+    study, _ = open_study(spec)
+    trial = study.ask()
+    trial.storage.record_heartbeat(trial._trial_id)  # as Optuna's heartbeat thread does at the start
+    time.sleep(2.5)  # paused past the grace period (2 x heartbeat)
+    with pytest.raises(SkippedTrial):  # a budget of 0 trials: the objective stops before training
+        make_objective(spec, 0)(trial)
+    assert study.get_trials(deepcopy=False)[0].state == TrialState.RUNNING
 
 
 def test_killed_sqlite_study_resumes_to_its_budget(
