@@ -15,14 +15,11 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import bentoml
-import httpx
 import numpy as np
 from starlette.responses import Response
 
@@ -63,7 +60,7 @@ def main() -> None:
     from data.store import read_dataset
     from govrisk.paths import work_dir
     from serving.client import request_bodies
-    from serving.launcher import free_port
+    from serving.launcher import Server
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)
@@ -74,31 +71,18 @@ def main() -> None:
     if not (dataset / "manifest.json").exists():
         sys.exit(f"no request data at {dataset}: run `python bench/serving.py` once first")
     bodies = [json.dumps(b).encode() for b in request_bodies(read_dataset(dataset))]
-    port = free_port()
-    cmd = [sys.executable, "-m", "bentoml", "serve", "bench.serving_floor:Floor", "--port", str(port)]
-    env = dict(os.environ, FLOOR_WORKERS=str(args.workers), BENTOML_HOME=str(work_dir() / "bentoml"))
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server = Server(work_dir() / "serving" / "floor", {}, service="bench.serving_floor:Floor")
+    server.env["FLOOR_WORKERS"] = str(args.workers)
+    server.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"the floor service did not start (exit code {proc.poll()})")
-            time.sleep(0.2)
-        asyncio.run(open_loop(url, bodies, 50, 3))  # warm-up
-        lat, errors, _ = asyncio.run(open_loop(url, bodies, args.rate, args.seconds))
+        asyncio.run(open_loop(server.url, bodies, 50, 3))  # warm-up
+        lat, errors, _ = asyncio.run(open_loop(server.url, bodies, args.rate, args.seconds))
         print(
             f"floor: no-op /score, {args.workers} workers, open loop {args.rate:.0f} req/s x {args.seconds:.0f} s: "
             f"p50 {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms, {errors} errors"
         )
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
 
 
 if __name__ == "__main__":

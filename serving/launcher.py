@@ -27,13 +27,23 @@ def free_port() -> int:
 
 
 class Server:
-    """`bentoml serve serving.service:Scoring` in its own process group, on a free loopback port."""
+    """`bentoml serve serving.service:Scoring` in its own process group, on a free loopback port.
+
+    `service`: another BentoML service to serve the same way (bench/serving_floor.py's no-op one).
+    """
 
     def __init__(
-        self, folder: Path, config: dict[str, Any], *, api_keys: str = API_KEY, port: int | None = None
+        self,
+        folder: Path,
+        config: dict[str, Any],
+        *,
+        api_keys: str = API_KEY,
+        port: int | None = None,
+        service: str = "serving.service:Scoring",
     ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
+        self.service = service
         self.config_path = folder / "serving.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.port = port or free_port()
@@ -54,7 +64,7 @@ class Server:
 
     def launch(self) -> Server:
         """Start the process without waiting: several servers can then start side by side."""
-        cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:Scoring"]
+        cmd = [sys.executable, "-m", "bentoml", "serve", self.service]
         cmd += ["--port", str(self.port), "--host", "127.0.0.1"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
