@@ -32,46 +32,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model_quality import experiment
 
-from data.features import month_number
+from data.features import FeatureBuilder, month_number
 from data.store import Dataset, read_table
 from training.config import experiment_from_dict
 from training.train import predictions, prepare
 
-T = 24  # months of records read, as the features read them
 HALF_LIFE = 4.0  # months: the generator's recency weighting of stress events
 LGBM = {"n_estimators": 3000, "learning_rate": 0.02, "num_leaves": 15, "min_child_samples": 100,
         "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.5, "verbose": -1, "random_state": 0}  # fmt: skip
 
 
-def grids(ds: Dataset, table: str, columns: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Presence [n, T] and each column [n, T] (NaN where absent); position T-1 = month before applying."""
-    a = ds.applicants
-    app = month_number(a.application_date)
-    df = ds.monthly[table]
-    rows = pd.Index(a.applicant_id).get_indexer(df.applicant_id)
-    lag = app[rows] - month_number(df.month)
-    ok = (rows >= 0) & (lag >= 1) & (lag <= T)
-    r, p = rows[ok], T - lag[ok]
-    present = np.zeros((len(a), T), dtype=bool)
-    present[r, p] = True
-    out = {}
-    for c in columns:
-        g = np.full((len(a), T), np.nan)
-        g[r, p] = df[c].to_numpy()[ok].astype(np.float64)
-        out[c] = g
-    return present, out
-
-
-def record_drivers(ds: Dataset, train_rows: np.ndarray) -> pd.DataFrame:
+def record_drivers(ds: Dataset, builder: FeatureBuilder, train_rows: np.ndarray) -> pd.DataFrame:
     """The generator's PD drivers as the records show them, one row per applicant."""
     a = ds.applicants
-    app = month_number(a.application_date)
-    tax_on, tax = grids(
-        ds, "tax_monthly", ["declared_sales", "filed_on_time", "zero_declaration", "tax_arrears"]
-    )
-    ss_on, ss = grids(ds, "social_security_monthly", ["arrears_flag", "insured_headcount"])
-    kind = ds.monthly["tax_monthly"].groupby("applicant_id").taxpayer_type.last()
-    quarterly = (kind.reindex(a.applicant_id).to_numpy() == "small_scale")[:, None]
+    # The records on [n, T] grids exactly as the fitted features read them (same window, same
+    # leakage guard; NaN where absent, categories as vocabulary codes): FeatureBuilder's own stages.
+    app, located = builder._locate(a, ds.monthly)
+    dense = builder._dense(located, 0, len(a))
+    tax_on, tax = dense["tax_monthly"]
+    ss_on, ss = dense["social_security_monthly"]
+    T = builder.config.lookback_months
+    last = T - 1 - np.argmax(tax_on[:, ::-1], axis=1)  # the last month with a tax record
+    small_scale = builder.fitted["vocab"]["tax_monthly.taxpayer_type"].index("small_scale")
+    kind = np.where(tax_on.any(1), tax["taxpayer_type"][np.arange(len(a)), last], -1)
+    quarterly = (kind == small_scale)[:, None]
     calendar = (app[:, None] - T + np.arange(T)[None, :]) % 12
     sales = tax["declared_sales"]
     monthly_sales = np.where(quarterly, sales / 3, sales)  # a quarterly filing spans three months
@@ -150,10 +134,10 @@ def main() -> None:
         "county_scorecard", **{"data.generate.applicants": args.applicants, "data.generate.seed": 11}
     )
     cfg, _ = experiment_from_dict(raw)
-    ds, _, rows, _, fs = prepare(cfg)
+    ds, _, rows, builder, fs = prepare(cfg)
     y = ds.applicants.default_12m.to_numpy().astype(int)
     truth = read_table(ds.path, "truth").set_index("applicant_id").true_pd.reindex(ds.applicants.applicant_id)
-    drivers = record_drivers(ds, rows["train"])
+    drivers = record_drivers(ds, builder, rows["train"])
     aggregates = pd.DataFrame(fs.static, columns=[f"static_{j}" for j in range(fs.static.shape[1])])
     scores = {
         "oracle (true PD)": truth.to_numpy(),
