@@ -250,8 +250,13 @@ def test_concurrent_requests_are_decided_together_each_answered_alone(shadow: Se
     assert max(d["timings_ms"]["batch_size"] for d in decided) > 1  # some were decided together
     for d in decided:
         if d["applicant_id"] in alone:
-            assert d["pd"] == alone[d["applicant_id"]]["pd"]
-            assert d["challenger"]["pd"] == alone[d["applicant_id"]]["challenger"]["pd"]
+            assert d["pd"] == alone[d["applicant_id"]]["pd"]  # the scorecard: float64 lookups, exact
+            # The CNN runs in float32, and onnxruntime's kernels take another path for a batch of one
+            # than for several rows: the same features give PDs one float32 step apart (3e-8 seen)
+            # by whether the request was batched. The features themselves are bit-identical.
+            assert d["challenger"]["pd"] == pytest.approx(
+                alone[d["applicant_id"]]["challenger"]["pd"], abs=1e-6
+            )
     assert log_count(sqlite_url(shadow.folder)) - before == len(decided)
 
 
