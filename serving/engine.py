@@ -164,6 +164,11 @@ class Scorer:
         the champion and waited for (in this thread) at most until its budget is spent, then routing
         and the policy.
 
+        Everything that depends on the champion alone (reasons, grades, its policy outcome, hashes,
+        the record itself) is done while the challenger is still running, and only the challenger's
+        fields are added after: the challenger's time overlaps the champion's decision work instead of
+        adding to it (for a batch of 1,000, ~60 ms of records against ~60 ms of the CNN).
+
         `request_ids`: the applicants are separate requests decided together, one id each.
         """
         if request_ids is not None and len(request_ids) != len(batch):
@@ -174,26 +179,23 @@ class Scorer:
         started = self._start_challenger(fs, batch)
         champ = self.champion.predict(fs)
         t_champ = time.perf_counter()
-        ch = self._finish_challenger(started, len(batch))
 
         reasons = self.champion.reasons(champ, self.config.reason_codes)
         ids = batch.ids
         n = len(ids)
         routing = self.config.routing
         champ_grades = self.scale.grade(champ.pd)
-        ch_grades = self.scale.grade(ch.output.pd) if ch.output is not None else None
         # Column positions, not DataFrame look-ups: a pandas column read costs more than the policy.
         raw_matrix = fs.raw.to_numpy()
         raw = {f: raw_matrix[:, self._raw_pos[f]] for f in self.policy.raw_fields}
         now = dt.datetime.now(dt.UTC)
         salt = self.config.decision_log.applicant_hash_salt
         date_col = self.champion.builder.contract.applicants.application_date
-        total_ms = (time.perf_counter() - t0) * 1000
         # Python values (float, bool, str, datetime.date) of each applicant column in one C pass per
         # column, not one numpy scalar at a time: a batch's records cost less than its JSON.
         columns = {c: batch.applicants[c].tolist() for c in self.parser.applicant_columns}
         request_id = request_id or uuid.uuid4().hex
-        records = []
+        records, inputs = [], []
         for i in range(n):
             if request_ids is not None:  # separate requests: each its own request and decision
                 rid = decision_id = request_ids[i]
@@ -204,17 +206,11 @@ class Scorer:
                 if self.mode == "split"
                 else "champion"
             )
-            by_challenger = arm == "challenger" and ch.output is not None
-            pd_i = float(ch.output.pd[i]) if by_challenger else float(champ.pd[i])
             applicant = {c: v[i] for c, v in columns.items()}
             raw_i = {f: float(v[i]) for f, v in raw.items()}
+            pd_i = float(champ.pd[i])
             outcome = self.policy.decide(pd_=pd_i, applicant=applicant, raw=raw_i)
-            ch_decision = None
-            if ch.output is not None:  # what the challenger would have decided: governance compares
-                ch_decision = self.policy.decide(
-                    pd_=float(ch.output.pd[i]), applicant=applicant, raw=raw_i
-                ).decision
-            codes = ([outcome.hard_rule] if outcome.hard_rule else []) + reasons[i]
+            inputs.append((applicant, raw_i))
             records.append({
                 "decision_id": decision_id,
                 "request_id": rid,
@@ -226,32 +222,59 @@ class Scorer:
                 "application_date": applicant[date_col],
                 "routing_mode": self.mode,
                 "arm": arm,
-                "decided_by": "challenger" if by_challenger else "champion",
+                "decided_by": "champion",
                 "decision": outcome.decision,
                 "hard_rule": outcome.hard_rule,
                 "hard_rule_reason": outcome.hard_rule_reason,
                 "pd": pd_i,
-                "grade": str(self.scale.grade(pd_i)),
+                "grade": str(champ_grades[i]),
                 "rate": outcome.rate,
                 "credit_limit": outcome.credit_limit,
-                "reason_codes": codes,
+                "reason_codes": ([outcome.hard_rule] if outcome.hard_rule else []) + reasons[i],
                 "champion_model": self.champion.tag,
-                "champion_pd": float(champ.pd[i]),
+                "champion_pd": pd_i,
                 "champion_score": None if champ.score is None else float(champ.score[i]),
                 "champion_grade": str(champ_grades[i]),
                 "challenger_model": self.challenger.tag if self.challenger else self.config.challenger.tag,
-                "challenger_status": ch.status,
-                "challenger_error": ch.error,
-                "challenger_pd": None if ch.output is None else float(ch.output.pd[i]),
-                "challenger_grade": None if ch_grades is None else str(ch_grades[i]),
-                "challenger_decision": ch_decision,
+                "challenger_status": None,
+                "challenger_error": None,
+                "challenger_pd": None,
+                "challenger_grade": None,
+                "challenger_decision": None,
                 "policy": self.policy.label,
                 "features_ms": (t_feat - t0) * 1000,
                 "champion_ms": (t_champ - t_feat) * 1000,
-                "challenger_ms": ch.ms,
-                "total_ms": total_ms,
+                "challenger_ms": None,
+                "total_ms": None,
                 "batch_size": n,
             })  # fmt: skip
+
+        ch = self._finish_challenger(started, n)
+        total_ms = (time.perf_counter() - t0) * 1000
+        ch_grades = self.scale.grade(ch.output.pd) if ch.output is not None else None
+        for i, record in enumerate(records):
+            record.update(
+                challenger_status=ch.status, challenger_error=ch.error, challenger_ms=ch.ms, total_ms=total_ms
+            )
+            if ch.output is None:
+                continue
+            ch_pd = float(ch.output.pd[i])
+            applicant, raw_i = inputs[i]
+            # what the challenger would have decided (governance compares), or decides on its arm
+            ch_outcome = self.policy.decide(pd_=ch_pd, applicant=applicant, raw=raw_i)
+            record.update(challenger_pd=ch_pd, challenger_grade=str(ch_grades[i]), challenger_decision=ch_outcome.decision)  # fmt: skip
+            if record["arm"] == "challenger":
+                record.update(
+                    decided_by="challenger",
+                    decision=ch_outcome.decision,
+                    hard_rule=ch_outcome.hard_rule,
+                    hard_rule_reason=ch_outcome.hard_rule_reason,
+                    pd=ch_pd,
+                    grade=str(ch_grades[i]),
+                    rate=ch_outcome.rate,
+                    credit_limit=ch_outcome.credit_limit,
+                    reason_codes=([ch_outcome.hard_rule] if ch_outcome.hard_rule else []) + reasons[i],
+                )
         return records
 
     def close(self) -> None:
