@@ -12,7 +12,6 @@ decision-log work: the part of the `/score` latency bounds that scoring code can
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -75,8 +74,8 @@ def main() -> None:
     server.env["FLOOR_WORKERS"] = str(args.workers)
     server.start()
     try:
-        asyncio.run(open_loop(server.url, bodies, 50, 3))  # warm-up
-        lat, errors, _ = asyncio.run(open_loop(server.url, bodies, args.rate, args.seconds))
+        open_loop(server.url, bodies, 50, 3)  # warm-up
+        lat, errors, _ = open_loop(server.url, bodies, args.rate, args.seconds)
         print(
             f"floor: no-op /score, {args.workers} workers, open loop {args.rate:.0f} req/s x {args.seconds:.0f} s: "
             f"p50 {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms, {errors} errors"
