@@ -158,6 +158,22 @@ class _StaticPlan:
     raw_columns: pd.Index
 
 
+@dataclass(frozen=True)
+class _ChannelPlan:
+    """One monthly table's sequence channels, grouped by kind so each kind is written in one step."""
+
+    present: int  # channel of the table's presence mask
+    numeric: list[str]  # float and int columns, scaled
+    numeric_channels: np.ndarray  # [K] their channels
+    signed_log: np.ndarray  # [K] bool: money and counts on a log scale
+    mean: np.ndarray  # [K, 1, 1] fitted moments on the modelling scale
+    std: np.ndarray  # [K, 1, 1]
+    flags: list[str]  # bool columns, 0 where absent
+    flag_channels: np.ndarray
+    categories: list[tuple[str, int, int]]  # (column, first channel, vocabulary size): one-hots
+    last: int  # the table's last channel
+
+
 # `transform` takes tables as DataFrames or as plain mappings of column -> numpy array: serving builds
 # the latter straight from a request, which spares pandas' per-column overhead (~40 column reads for
 # one applicant). The values, and so the features, are the same either way.
@@ -739,6 +755,48 @@ class FeatureBuilder:
         self._plan = (f, plan)
         return plan
 
+    def _channel_plan(self, table: str) -> _ChannelPlan:
+        """Channel positions and moments of one table's sequence block, computed once per schema."""
+        f = self._require_fitted()
+        cached = getattr(self, "_channels", None)
+        if cached is None or cached[0] is not f:
+            cached = self._channels = (f, {})
+        plans = cached[1]
+        if table in plans:
+            return plans[table]
+        channel = {name: j for j, name in enumerate(f["sequence_channels"])}  # the schema's own order
+        numeric, numeric_ch, logged, flags, flag_ch, categories = [], [], [], [], [], []
+        last = channel[f"{table}__present"]
+        for col, cspec in self.contract.monthly[table].columns.items():
+            if cspec.type == "category":
+                vocab = f["vocab"][f"{table}.{col}"]
+                if vocab:
+                    categories.append((col, channel[f"{table}.{col}={vocab[0]}"], len(vocab)))
+                    last = channel[f"{table}.{col}={vocab[-1]}"]
+                continue
+            last = channel[f"{table}.{col}"]
+            if cspec.type == "bool":
+                flags.append(col)
+                flag_ch.append(last)
+            else:
+                numeric.append(col)
+                numeric_ch.append(last)
+                logged.append(cspec.kind in {"amount", "count"})  # as `_seq_value`
+        moments = [f["sequence"][f"{table}.{c}"] for c in numeric]
+        plans[table] = _ChannelPlan(
+            present=channel[f"{table}__present"],
+            numeric=numeric,
+            numeric_channels=np.array(numeric_ch, dtype=np.int64),
+            signed_log=np.array(logged, dtype=bool),
+            mean=np.array([m["mean"] for m in moments], dtype=np.float64).reshape(-1, 1, 1),
+            std=np.array([m["std"] for m in moments], dtype=np.float64).reshape(-1, 1, 1),
+            flags=flags,
+            flag_channels=np.array(flag_ch, dtype=np.int64),
+            categories=categories,
+            last=last,
+        )
+        return plans[table]
+
     def _fill(
         self,
         numeric: dict[str, np.ndarray],
@@ -778,25 +836,26 @@ class FeatureBuilder:
             block[np.arange(len(c)), np.where(c < 0, k, c)] = 1.0
             j += k + 1
 
+        # Each kind of channel of a table in one step over a [K, n, T] stack: the same element-wise
+        # arithmetic as one column at a time, so the same float32 values, in ~10 numpy calls per
+        # table instead of ~9 per column (which showed in a single applicant's transform).
         ch = 0
         for table, (present, cols) in dense.items():
-            sequence[:, :, ch] = present
-            ch += 1
-            for col, cspec in self.contract.monthly[table].columns.items():
-                v = cols[col]
-                if cspec.type == "category":
-                    vocab = f["vocab"][f"{table}.{col}"]
-                    for i in range(len(vocab)):
-                        sequence[:, :, ch] = present & (v == i)
-                        ch += 1
-                elif cspec.type == "bool":
-                    sequence[:, :, ch] = np.where(present, v, 0.0)
-                    ch += 1
-                else:
-                    s = f["sequence"][f"{table}.{col}"]
-                    scaled = (_seq_value(cspec, np.where(present, v, 0.0)) - s["mean"]) / s["std"]
-                    sequence[:, :, ch] = np.where(present, scaled, 0.0)
-                    ch += 1
+            plan = self._channel_plan(table)
+            sequence[:, :, plan.present] = present
+            if plan.numeric:
+                v = np.where(present, np.stack([cols[c] for c in plan.numeric]), 0.0)
+                v[plan.signed_log] = _signed_log(v[plan.signed_log])
+                scaled = (v - plan.mean) / plan.std
+                sequence[:, :, plan.numeric_channels] = np.where(present, scaled, 0.0).transpose(1, 2, 0)
+            if plan.flags:
+                flags = np.where(present, np.stack([cols[c] for c in plan.flags]), 0.0)
+                sequence[:, :, plan.flag_channels] = flags.transpose(1, 2, 0)
+            for col, first, size in plan.categories:
+                sequence[:, :, first : first + size] = present[:, :, None] & (
+                    cols[col][:, :, None] == np.arange(size)
+                )
+            ch = plan.last + 1
         if self.config.calendar:
             cal = (app_month[:, None] - T + np.arange(T)[None, :]) % 12
             sequence[:, :, ch] = np.sin(2 * np.pi * cal / 12)
