@@ -63,7 +63,7 @@ class DecisionLogConfig(StrictModel):
     schema_: str | None = Field(default=None, alias="schema", pattern=r"^[a-z_][a-z0-9_]*$")
     # SQLite only. "normal" (the default): in WAL mode a commit is in the OS's page cache when it
     # returns, so it survives a killed or crashed server (the durability requirement: kill -9), but
-    # not a power cut or kernel crash; it spares one fsync (~1-10 ms) per group commit. "full"
+    # not a power cut or kernel crash; it spares one fsync (~1-10 ms) per commit. "full"
     # fsyncs the WAL on every commit and also survives power loss.
     sqlite_synchronous: Literal["full", "normal"] = "normal"
     applicant_hash_salt: str = Field(default="govrisk-applicant-v1", min_length=1)

@@ -286,7 +286,7 @@ class Scoring:
         self._scoring_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
 
     def __is_ready__(self) -> bool:
-        return self.scorer.champion is not None and self.log._writer.is_alive()
+        return self.scorer.champion is not None and self.log.reachable()
 
     async def _decide(self, bodies: list[Any], *, endpoint: str, prefix: str) -> list[dict] | JSONResponse:
         """/score_batch: one request, many applicants, decided in a worker thread."""
@@ -297,7 +297,7 @@ class Scoring:
             return JSONResponse(e.body(), status_code=422)
         records = await asyncio.to_thread(self.scorer.score, batch, endpoint=endpoint)
         try:
-            await asyncio.wrap_future(self.log.submit([log_row(r) for r in records]))
+            await asyncio.to_thread(self.log.write, [log_row(r) for r in records])
         except Exception as e:  # never acknowledge a decision that is not on record
             log.exception("decision log write failed")
             return _log_unavailable(e)
@@ -310,7 +310,8 @@ class Scoring:
     # parsing, features, both models, the challenger hand-off and the log commit are then paid once per
     # batch, not once per request (one applicant costs ~5 ms of CPU, a thousand ~0.5 s). Nothing waits
     # for a batch to fill: an idle server decides a lone request at once, a busy one decides together
-    # whatever arrived while it was busy (adaptive batching, like the decision log's group commit).
+    # whatever arrived while it was busy (adaptive batching), and commits each batch's records in one
+    # transaction.
     async def _score_one(self, body: Any) -> dict | BadInput | LogUnavailable:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()

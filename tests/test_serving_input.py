@@ -225,3 +225,35 @@ def test_vectorised_aggregates_equal_one_column_at_a_time_bit_for_bit(
             assert list(values) == list(want)  # same names, same order: the schema's feature order
             for name, x in want.items():
                 assert np.ascontiguousarray(values[name]).tobytes() == x.tobytes(), name
+
+
+def test_decision_log_commits_in_each_callers_thread_and_recovers_from_a_failed_commit(tmp_path) -> None:
+    """Each writing thread commits on its own connection; a refused batch commits none of its rows,
+    loses nothing committed before it, and the thread's next write succeeds on a fresh connection."""
+    import threading
+
+    from serving.decision_log import DecisionLog, decisions_table
+
+    log = DecisionLog(url=f"sqlite:///{tmp_path}/decisions.db")
+    now = dt.datetime.now(dt.UTC)
+    by_type = {"DATETIME": now, "FLOAT": 0.01}
+    required = {c.name: by_type.get(str(c.type), "x") for c in decisions_table().columns if not c.nullable}
+
+    def row(decision_id: str) -> dict[str, Any]:
+        return required | {"decision_id": decision_id}
+
+    threads = [
+        threading.Thread(target=lambda k=k: [log.write([row(f"t{k}-{i}")]) for i in range(20)])
+        for k in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert log.count() == 80 and len(log._open) == 4  # one connection per writing thread
+    with pytest.raises(Exception, match="UNIQUE"):
+        log.write([row("fresh"), row("t0-0")])  # a duplicate decision id: the whole batch is refused
+    assert log.count() == 80  # "fresh" was not committed, and nothing committed before was lost
+    log.write([row("fresh")])  # the same thread, a new connection
+    assert log.count() == 81 and log.reachable()
+    log.close()
