@@ -171,7 +171,6 @@ class _ChannelPlan:
     flags: list[str]  # bool columns, 0 where absent
     flag_channels: np.ndarray
     categories: list[tuple[str, int, int]]  # (column, first channel, vocabulary size): one-hots
-    last: int  # the table's last channel
 
 
 # `transform` takes tables as DataFrames or as plain mappings of column -> numpy array: serving builds
@@ -766,21 +765,17 @@ class FeatureBuilder:
             return plans[table]
         channel = {name: j for j, name in enumerate(f["sequence_channels"])}  # the schema's own order
         numeric, numeric_ch, logged, flags, flag_ch, categories = [], [], [], [], [], []
-        last = channel[f"{table}__present"]
         for col, cspec in self.contract.monthly[table].columns.items():
             if cspec.type == "category":
                 vocab = f["vocab"][f"{table}.{col}"]
                 if vocab:
                     categories.append((col, channel[f"{table}.{col}={vocab[0]}"], len(vocab)))
-                    last = channel[f"{table}.{col}={vocab[-1]}"]
-                continue
-            last = channel[f"{table}.{col}"]
-            if cspec.type == "bool":
+            elif cspec.type == "bool":
                 flags.append(col)
-                flag_ch.append(last)
+                flag_ch.append(channel[f"{table}.{col}"])
             else:
                 numeric.append(col)
-                numeric_ch.append(last)
+                numeric_ch.append(channel[f"{table}.{col}"])
                 logged.append(cspec.kind in {"amount", "count"})  # as `_seq_value`
         moments = [f["sequence"][f"{table}.{c}"] for c in numeric]
         plans[table] = _ChannelPlan(
@@ -793,7 +788,6 @@ class FeatureBuilder:
             flags=flags,
             flag_channels=np.array(flag_ch, dtype=np.int64),
             categories=categories,
-            last=last,
         )
         return plans[table]
 
@@ -839,7 +833,6 @@ class FeatureBuilder:
         # Each kind of channel of a table in one step over a [K, n, T] stack: the same element-wise
         # arithmetic as one column at a time, so the same float32 values, in ~10 numpy calls per
         # table instead of ~9 per column (which showed in a single applicant's transform).
-        ch = 0
         for table, (present, cols) in dense.items():
             plan = self._channel_plan(table)
             sequence[:, :, plan.present] = present
@@ -855,8 +848,8 @@ class FeatureBuilder:
                 sequence[:, :, first : first + size] = present[:, :, None] & (
                     cols[col][:, :, None] == np.arange(size)
                 )
-            ch = plan.last + 1
         if self.config.calendar:
+            ch = f["sequence_channels"].index("calendar_sin")
             cal = (app_month[:, None] - T + np.arange(T)[None, :]) % 12
             sequence[:, :, ch] = np.sin(2 * np.pi * cal / 12)
             sequence[:, :, ch + 1] = np.cos(2 * np.pi * cal / 12)
