@@ -31,7 +31,7 @@ from data.features import FeatureSet
 from govrisk.rating import MasterScale, load_master_scale
 from serving.config import ServingConfig, load_policy
 from serving.models import LoadedModel, ModelOutput
-from serving.policy import Policy
+from serving.policy import Outcome, Policy
 from serving.request import Applicants, RequestParser
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,7 @@ class Scorer:
             outcome = self.policy.decide(pd_=pd_i, applicant=applicant, raw=raw_i)
             inputs.append((applicant, raw_i))
             records.append({
+                **_decided(outcome, pd_i, str(champ_grades[i]), reasons[i]),
                 "decision_id": decision_id,
                 "request_id": rid,
                 "applicant_id": ids[i],
@@ -223,14 +224,6 @@ class Scorer:
                 "routing_mode": self.mode,
                 "arm": arm,
                 "decided_by": "champion",
-                "decision": outcome.decision,
-                "hard_rule": outcome.hard_rule,
-                "hard_rule_reason": outcome.hard_rule_reason,
-                "pd": pd_i,
-                "grade": str(champ_grades[i]),
-                "rate": outcome.rate,
-                "credit_limit": outcome.credit_limit,
-                "reason_codes": ([outcome.hard_rule] if outcome.hard_rule else []) + reasons[i],
                 "champion_model": self.champion.tag,
                 "champion_pd": pd_i,
                 "champion_score": None if champ.score is None else float(champ.score[i]),
@@ -265,20 +258,27 @@ class Scorer:
             record.update(challenger_pd=ch_pd, challenger_grade=str(ch_grades[i]), challenger_decision=ch_outcome.decision)  # fmt: skip
             if record["arm"] == "challenger":
                 record.update(
-                    decided_by="challenger",
-                    decision=ch_outcome.decision,
-                    hard_rule=ch_outcome.hard_rule,
-                    hard_rule_reason=ch_outcome.hard_rule_reason,
-                    pd=ch_pd,
-                    grade=str(ch_grades[i]),
-                    rate=ch_outcome.rate,
-                    credit_limit=ch_outcome.credit_limit,
-                    reason_codes=([ch_outcome.hard_rule] if ch_outcome.hard_rule else []) + reasons[i],
+                    _decided(ch_outcome, ch_pd, str(ch_grades[i]), reasons[i]), decided_by="challenger"
                 )
         return records
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _decided(outcome: Outcome, pd_: float, grade: str, reasons: list[str]) -> dict[str, Any]:
+    """A record's decision fields from the deciding model's PD and policy outcome (a hard rule leads
+    the reason codes; the scorecard's reasons follow)."""
+    return {
+        "decision": outcome.decision,
+        "hard_rule": outcome.hard_rule,
+        "hard_rule_reason": outcome.hard_rule_reason,
+        "pd": pd_,
+        "grade": grade,
+        "rate": outcome.rate,
+        "credit_limit": outcome.credit_limit,
+        "reason_codes": ([outcome.hard_rule] if outcome.hard_rule else []) + reasons,
+    }
 
 
 RESPONSE_ONLY = {"applicant_id", "hard_rule_reason", "challenger_error", "batch_size"}

@@ -295,13 +295,22 @@ class Scoring:
         except BadInput as e:
             BAD_REQUESTS.labels(endpoint=f"/{endpoint}", status="422").inc()
             return JSONResponse(e.body(), status_code=422)
-        records = await asyncio.to_thread(self.scorer.score, batch, endpoint=endpoint)
         try:
-            await asyncio.to_thread(self.log.write, [log_row(r) for r in records])
-        except Exception as e:  # never acknowledge a decision that is not on record
-            log.exception("decision log write failed")
-            return _log_unavailable(e)
+            records = await asyncio.to_thread(self._decide_and_record, batch, endpoint=endpoint)
+        except LogUnavailable as e:
+            return _log_unavailable(e.error)
         self._observe(records, endpoint)
+        return records
+
+    def _decide_and_record(self, batch: Any, **score: Any) -> list[dict]:
+        """Decide a checked batch and commit its records in one transaction, in the calling thread;
+        LogUnavailable if the commit fails (a decision that is not on record is never acknowledged)."""
+        records = self.scorer.score(batch, **score)
+        try:
+            self.log.write([log_row(r) for r in records])
+        except Exception as e:
+            log.exception("decision log write failed")
+            raise LogUnavailable(e) from e
         return records
 
     # --- /score: concurrent requests decided together ----------------------------------------------
@@ -364,13 +373,13 @@ class Scoring:
             if not good:
                 return results
             batch = parser.parse([bodies[i] for i in good])
-        records = self.scorer.score(batch, endpoint="score", request_ids=[uuid.uuid4().hex for _ in good])
         try:
-            self.log.write([log_row(r) for r in records])
-        except Exception as e:  # never acknowledge a decision that is not on record
-            log.exception("decision log write failed")
+            records = self._decide_and_record(
+                batch, endpoint="score", request_ids=[uuid.uuid4().hex for _ in good]
+            )
+        except LogUnavailable as e:
             for i in good:
-                results[i] = LogUnavailable(e)
+                results[i] = e
             return results
         self._observe(records, "score")
         for i, record in zip(good, records, strict=True):
