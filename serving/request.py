@@ -105,16 +105,15 @@ class RequestParser:
         self.lookback = lookback_months
         a = contract.applicants
         self.applicant_columns = {c: s for c, s in a.columns.items() if c != a.label}
-        # The fast path's per-schema plan: exact key sets, and a getter per table for row values.
+        # The fast path's per-schema plan: exact key sets, and a getter per column for row values.
         self._applicant_keys = frozenset(self.applicant_columns)
         self._top_keys = frozenset({"applicant", *contract.monthly})
         self._row_keys = {
             t: (frozenset({MONTH, *s.columns}), frozenset({MONTH, contract.key, *s.columns}))
             for t, s in contract.monthly.items()
         }
-        self._row_getter = {
-            t: operator.itemgetter(MONTH, *s.columns) if s.columns else operator.itemgetter(MONTH)
-            for t, s in contract.monthly.items()
+        self._row_getters = {
+            t: [operator.itemgetter(c) for c in (MONTH, *s.columns)] for t, s in contract.monthly.items()
         }
         self._numeric = {
             "applicant": _NumericPlan.of(self.applicant_columns),
@@ -434,21 +433,25 @@ class RequestParser:
                 recs = body.get(table, [])
                 if type(recs) is not list or len(recs) > self.lookback:
                     return None
-                for r in recs:
-                    if type(r) is not dict:
-                        return None
+                rows.extend(recs)
+                counts[i] = len(recs)
+            if rows and set(map(type, rows)) != {dict}:
+                return None
+            if sum(map(len, rows)) != len(rows) * len(plain):
+                # some record has other keys: only the applicant's own key (matching) is allowed
+                owners = np.repeat(np.arange(len(apps)), counts).tolist()
+                for r, i in zip(rows, owners, strict=True):
                     ks = r.keys()
                     if ks != plain and (ks != keyed or r[key] != apps[i][key]):
                         return None
-                rows.extend(recs)
-                counts[i] = len(recs)
-            getter = self._row_getter[table]
-            width = 1 + len(tspec.columns)
-            if width == 1:  # an itemgetter of one key gives the value, not a 1-tuple
-                values: list[tuple[Any, ...]] = [tuple(map(getter, rows))]
-            else:  # rows -> columns in C: one tuple per row, transposed
-                values = list(zip(*map(getter, rows), strict=True)) if rows else [()] * width
-            months = self._checked_months(list(values[0]))
+            # Rows -> columns in C, one list per column (no tuple per row for the collector to track).
+            # Every row holding every key (else KeyError) and no more keys in all than that (the sum
+            # above) means each row has exactly the contract's keys.
+            try:
+                values = [list(map(get, rows)) for get in self._row_getters[table]]
+            except KeyError:
+                return None
+            months = self._checked_months(values[0])
             if months is None:
                 return None
             am = np.repeat(app_month, counts)

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from data.store import Dataset
 from govrisk.paths import REPO_ROOT
@@ -277,6 +278,44 @@ def test_api_key_required_but_probes_and_metrics_open(shadow: Server, bodies) ->
     spec = httpx.get(f"{shadow.url}/docs.json", timeout=10).json()
     assert "/score" in spec["paths"] and "/score_batch" in spec["paths"]
     assert "application_date" in json.dumps(spec)  # the example request travels with the spec
+
+
+def _counters(server: Server) -> dict[tuple[str, tuple], float]:
+    """Every govrisk counter sample of /metrics (summed over the workers by BentoML)."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith("govrisk_") and s.name.endswith("_total")
+    }
+
+
+@pytest.mark.parametrize("mode", ["shadow", "split"])
+def test_metrics_count_each_decision_comparison_and_disagreement(servers, bodies, mode: str) -> None:
+    server = servers[mode]
+    before = _counters(server)
+    batch = server.post("/score_batch", {"applicants": bodies[40:70]}).json()["decisions"]
+    single = [server.post("/score", b).json() for b in bodies[70:73]]
+    after = _counters(server)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    decided = batch + single
+    for outcome in ("approve", "refer", "decline"):
+        for by in ("champion", "challenger"):
+            expected = sum(d["decision"] == outcome and d["decided_by"] == by for d in decided)
+            assert delta("govrisk_decisions_total", decision=outcome, decided_by=by) == expected
+    assert delta("govrisk_comparisons_total") == len(decided)  # the challenger scored every one
+    grade = sum(d["challenger"]["grade"] != d["champion"]["grade"] for d in decided)
+    decision = sum(
+        d["decided_by"] == "champion" and d["challenger"]["decision"] != d["decision"] for d in decided
+    )
+    assert delta("govrisk_disagreements_total", kind="grade") == grade
+    assert delta("govrisk_disagreements_total", kind="decision") == decision
+    assert grade > 0  # the bench models disagree on some grades: the count is exercised
 
 
 def _bad(body: dict, path: list, value: Any) -> dict:
