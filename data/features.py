@@ -79,7 +79,7 @@ class Located:
 
     rows: np.ndarray  # [M] applicant row
     pos: np.ndarray  # [M] position in the window, T-1 = the month before application
-    values: dict[str, np.ndarray]  # column -> [M] float64 (categories as vocabulary codes)
+    values: np.ndarray  # [C, M] float64, the contract's columns in order (categories as vocabulary codes)
 
 
 @dataclass
@@ -341,7 +341,7 @@ class FeatureBuilder:
             df = monthly.get(table)
             if df is None or not _nrows(df):
                 empty = np.zeros(0, dtype=np.int64)
-                located[table] = Located(empty, empty, {c: np.zeros(0) for c in spec.columns})
+                located[table] = Located(empty, empty, np.zeros((len(spec.columns), 0)))
                 continue
             # Records of applicants not in this batch are skipped: a split or a single applicant
             # is scored from the full tables (validation reports true orphans).
@@ -360,10 +360,10 @@ class FeatureBuilder:
                         f"{table}: duplicate month for applicant {ids[first // T]!r} "
                         f"({first % T - T} months before application)"
                     )
-            values = {}
-            for c, cspec in spec.columns.items():
+            values = np.empty((len(spec.columns), len(idx)))
+            for k, (c, cspec) in enumerate(spec.columns.items()):
                 column = _col(df, c)[idx]
-                values[c] = (
+                values[k] = (
                     self._codes(f"{table}.{c}", cspec, column)
                     if cspec.type == "category"
                     else column.astype(np.float64)
@@ -382,12 +382,11 @@ class FeatureBuilder:
             r, p = loc.rows[lo:hi] - start, loc.pos[lo:hi]
             present = np.zeros((n, T), dtype=bool)
             present[r, p] = True
-            cols = {}
-            for c, v in loc.values.items():
-                dense = np.full((n, T), np.nan)
-                dense[r, p] = v[lo:hi]
-                cols[c] = dense
-            out[table] = (present, cols)
+            # every column in one block (two numpy calls a table, not two a column); each column's
+            # [n, T] is a contiguous slice of it
+            dense = np.full((len(loc.values), n, T), np.nan)
+            dense[:, r, p] = loc.values[:, lo:hi]
+            out[table] = (present, dict(zip(self.contract.monthly[table].columns, dense, strict=True)))
         return out
 
     def _codes(self, name: str, spec: ColumnSpec, values: np.ndarray) -> np.ndarray:
