@@ -411,10 +411,11 @@ class Scoring:
         )
         for (outcome, decided_by), count in decisions.items():
             DECISIONS.labels(decision=outcome, decided_by=decided_by).inc(count)
-        for metric, count in ((COMPARISONS, len(compared)), (DISAGREEMENTS.labels(kind="grade"), grade),
-                              (DISAGREEMENTS.labels(kind="decision"), decision)):  # fmt: skip
+        if compared:
+            COMPARISONS.inc(len(compared))
+        for kind, count in (("grade", grade), ("decision", decision)):
             if count:
-                metric.inc(count)
+                DISAGREEMENTS.labels(kind=kind).inc(count)
 
     # Both routes take the whole JSON body as one positional-only argument (BentoML's root input):
     # named arguments would make BentoML build a model that silently drops unknown top-level keys,

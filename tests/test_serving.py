@@ -315,7 +315,7 @@ def test_metrics_count_each_decision_comparison_and_disagreement(servers, bodies
     )
     assert delta("govrisk_disagreements_total", kind="grade") == grade
     assert delta("govrisk_disagreements_total", kind="decision") == decision
-    assert grade > 0  # the bench models disagree on some grades: the count is exercised
+    assert grade > 0  # the test models disagree on some grades, so the count is exercised
 
 
 def _bad(body: dict, path: list, value: Any) -> dict:

@@ -140,7 +140,7 @@ def _same_columns(fast: Applicants, slow: Applicants) -> None:
 
 
 def test_fast_path_takes_valid_requests_and_equals_the_reference(bodies) -> None:
-    keyed = json.loads(json.dumps(bodies[:5]))  # records may name their own applicant, some or all
+    keyed = json.loads(json.dumps(bodies[:5]))  # a record may name its own applicant (every other one here)
     for body in keyed[:3]:
         for k, records in enumerate(body[t] for t in CONTRACT.monthly):
             for r in records[k::2]:
