@@ -24,7 +24,6 @@ import operator
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -550,12 +549,21 @@ class RequestParser:
         """'YYYY-MM' or 'YYYY-MM-01' strings -> datetime64[M], as `_month` reads them; None if any fails."""
         if not vals:
             return np.zeros(0, dtype="datetime64[M]")
-        if set(map(type, vals)) != {str} or not all(map(_MONTH.match, vals)):
+        # A batch names a few dozen distinct months thousands of times: each is checked and read once.
+        try:
+            distinct = list(dict.fromkeys(vals))  # in first-seen order
+        except TypeError:  # a list or an object is no month
+            return None
+        if any(type(v) is not str for v in distinct) or not all(map(_MONTH.match, distinct)):
             return None
         try:  # numpy refuses months outside 1..12 and digits other than ASCII ones: the slow path decides
-            return np.array([v[:7] for v in vals], dtype="datetime64[M]")
+            months = np.array([v[:7] for v in distinct], dtype="datetime64[M]")
         except (ValueError, TypeError, OverflowError):
             return None
+        if len(distinct) == len(vals):  # no month twice (one applicant): already in order
+            return months
+        index = {v: i for i, v in enumerate(distinct)}
+        return months[np.fromiter(map(index.__getitem__, vals), dtype=np.intp, count=len(vals))]
 
 
 @dataclass(frozen=True)
@@ -586,13 +594,15 @@ class _NumericPlan:
         JSON number (bool is a type of its own here, refused as by `_value`), finite, whole where the
         type is int, and within the bounds."""
         m = len(columns[0]) if columns else 0
-        flat = list(chain.from_iterable(columns))
-        if not flat:
+        if not m:
             return np.zeros((len(columns), m), dtype=np.float64)
-        if not set(map(type, flat)) <= {int, float}:
+        types: set[type] = set()
+        for column in columns:
+            types.update(map(type, column))
+        if not types <= {int, float}:
             return None
-        try:
-            x = np.fromiter(map(float, flat), dtype=np.float64, count=len(flat)).reshape(len(columns), m)
+        try:  # numpy converts each int and float as float(v) does, in one C pass over all of them
+            x = np.array(columns, dtype=np.float64)
         except OverflowError:
             return None
         if not np.isfinite(x).all():
