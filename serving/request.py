@@ -458,8 +458,9 @@ class RequestParser:
             if not ((m <= now_month) & (m < am) & (m >= am - self.lookback)).all():
                 return None
             owner = np.repeat(np.arange(len(apps), dtype=np.int64), counts)
-            # one record per applicant and month (a set of Python ints: cheaper than np.unique's sort)
-            if len(set((owner * (1 << 32) + m).tolist())) != len(m):
+            # one record per applicant and month: a count per (applicant, months before), a cell each
+            # (1..lookback months before, as checked above)
+            if len(m) and np.bincount(owner * self.lookback + (am - m - 1)).max() > 1:
                 return None
             columns = {col: values[j] for j, col in enumerate(tspec.columns, start=1)}
             checked = self._checked_columns(columns, tspec.columns, table, f"{table}.", today)
