@@ -26,11 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data.outcomes import play_forward
-from data.store import read_dataset
-from data.synthetic import generate, load_generator_config
-from govrisk.paths import work_dir
-from monitoring.book import (
+from govrisk.data.outcomes import play_forward
+from govrisk.data.store import read_dataset
+from govrisk.data.synthetic import generate, load_generator_config
+from govrisk.monitoring.book import (
     as_of_months,
     loan_records,
     rescore_book,
@@ -38,10 +37,12 @@ from monitoring.book import (
     summarise,
     write_book,
 )
-from monitoring.config import load_monitoring_config
-from research.report import resolve_model
-from serving.engine import applicant_hash
-from serving.models import LoadedModel
+from govrisk.monitoring.config import load_monitoring_config
+from govrisk.research.report import resolve_model
+from govrisk.serving.engine import applicant_hash
+from govrisk.serving.models import LoadedModel
+
+from govrisk.core.config import work_dir
 
 BUDGET_S = 120.0
 MONTHS_ON_BOOK = 6
@@ -50,8 +51,8 @@ MONTHS_ON_BOOK = 6
 def models(args: argparse.Namespace) -> tuple[str, str]:
     if args.champion and args.challenger:
         return args.champion, args.challenger
-    from training.config import load_experiment
-    from training.train import train
+    from govrisk.training.config import load_experiment
+    from govrisk.training.train import train
 
     small = work_dir() / "data" / "bench-book-models-3000-s3"
     if not (small / "manifest.json").exists():

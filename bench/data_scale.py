@@ -17,7 +17,7 @@ from pathlib import Path
 
 GENERATE = """
 import json, time, sys
-from data.synthetic import generate, load_generator_config
+from govrisk.data.synthetic import generate, load_generator_config
 t = time.perf_counter()
 m = generate(load_generator_config("county"), n_applicants={n}, seed=7, out="{out}", progress=False)
 print(json.dumps({{"seconds": time.perf_counter() - t, "rows": {{k: v["rows"] for k, v in m["tables"].items()}}}}))
@@ -26,8 +26,8 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "rows": {{k: v["rows"] fo
 FEATURES = """
 import json, time
 import numpy as np
-from data.store import read_dataset
-from data.features import FeatureBuilder
+from govrisk.data.store import read_dataset
+from govrisk.data.features import FeatureBuilder
 t0 = time.perf_counter()
 d = read_dataset("{out}")
 t1 = time.perf_counter()

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from govrisk.data.features import FeatureBuilder
+from govrisk.data.store import read_table
+from govrisk.training.config import apply_overrides, experiment_from_dict
+from govrisk.training.metrics import evaluate
+from govrisk.training.train import load_data, prepare, split_indices, train
 
-from data.features import FeatureBuilder
-from data.store import read_table
-from govrisk.paths import CONFIGS
-from training.config import apply_overrides, experiment_from_dict
-from training.metrics import evaluate
-from training.train import load_data, prepare, split_indices, train
+from govrisk.core.config import config_path
 
 MODELS = ("scorecard", "tabular", "cnn")
 LGBM = {"n_estimators": 2000, "learning_rate": 0.03, "num_leaves": 31, "min_child_samples": 50,
@@ -39,7 +39,7 @@ LGBM = {"n_estimators": 2000, "learning_rate": 0.03, "num_leaves": 31, "min_chil
 def experiment(name: str, overrides: Sequence[str] = (), **changes: object) -> dict:
     """configs/experiment/NAME.yaml, unregistered, with the bench's `changes` and then the user's
     `--set` overrides applied as `govrisk train` applies its `key=value` arguments."""
-    raw = yaml.safe_load((CONFIGS / "experiment" / f"{name}.yaml").read_text()) | {"register_model": False}
+    raw = yaml.safe_load(config_path("experiment", name).read_text()) | {"register_model": False}
     return apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in changes.items()] + list(overrides))
 
 
@@ -110,9 +110,8 @@ def taiwan(models: list[str], settings: dict[str, list[str]], folds: int = 5) ->
 def cnn_epoch_seconds(overrides: Sequence[str], n: int = 100_000) -> float:
     """Wall time of one training epoch of the CNN (as configured, with `overrides`) over n applicants x 24 months."""
     import lightning as L
-
-    from training.lightning import RiskDataModule, RiskModule
-    from training.nets import build_net
+    from govrisk.training.lightning import RiskDataModule, RiskModule
+    from govrisk.training.nets import build_net
 
     cfg, params = experiment_from_dict(
         experiment("county_cnn", overrides, **{"data.generate.applicants": 200_000, "data.generate.seed": 11})

@@ -29,10 +29,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data.store import read_dataset
-from govrisk.paths import work_dir
-from serving.client import request_bodies
-from serving.launcher import API_KEY, Server
+from govrisk.data.store import read_dataset
+
+from devtools.client import request_bodies
+from devtools.launcher import API_KEY, Server
+from govrisk.core.config import work_dir
 
 RESULTS: list[tuple[str, str, str, bool]] = []
 
@@ -56,15 +57,15 @@ def report(name: str, value: str, bound: str, ok: bool) -> None:
 
 
 def prepare(args: argparse.Namespace) -> tuple[str, str, Path]:
-    from data.synthetic import generate, load_generator_config
+    from govrisk.data.synthetic import generate, load_generator_config
 
     dataset = Path(args.dataset) if args.dataset else work_dir() / "data" / "bench-serving-3000-s3"
     if not (dataset / "manifest.json").exists():
         generate(load_generator_config("county"), n_applicants=3000, seed=3, out=dataset, progress=False)
     if args.champion and args.challenger:
         return args.champion, args.challenger, dataset
-    from training.config import load_experiment
-    from training.train import train
+    from govrisk.training.config import load_experiment
+    from govrisk.training.train import train
 
     base = [f"data.dataset={dataset}", "data.generate=null"]
     card = train(*load_experiment("county_scorecard", [*base, "name=bench-serving-scorecard"]))
@@ -227,8 +228,9 @@ def main() -> int:
     server = Server(folder, cfg).start()
     try:
         # 1. parity
-        from training.registry import model_path
-        from training.train import predictions
+        from govrisk.training.train import predictions
+
+        from govrisk.core.registry import model_path
 
         ids_bodies = bodies[:1000]
         online = []
@@ -302,8 +304,8 @@ def main() -> int:
         load_average("after the load figures")
 
         # BentoML overhead: endpoint latency over in-process scoring of the same applicant
-        from serving.config import ServingConfig
-        from serving.engine import Scorer
+        from govrisk.serving.config import ServingConfig
+        from govrisk.serving.engine import Scorer
 
         scorer = Scorer(config=ServingConfig.model_validate(cfg))
         one = bodies[7]

@@ -19,10 +19,11 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from govrisk.paths import work_dir
-from research.tune import StudySpec, load_search_space, study_report
-from training.config import load_experiment
-from training.train import dataset_path
+from govrisk.research.tune import StudySpec, load_search_space, study_report
+from govrisk.training.config import load_experiment
+from govrisk.training.train import dataset_path
+
+from govrisk.core.config import work_dir
 
 
 def main() -> int:

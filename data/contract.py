@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from govrisk.paths import StrictModel, config_path
+from govrisk.core.config import StrictModel, load_config
 
 ColumnType = Literal["string", "category", "float", "int", "bool", "date"]
 # How a monthly column is summarised into aggregates (see data/features.py):
@@ -110,9 +109,4 @@ class Contract(StrictModel):
 
 def load_contract(name_or_path: str | Path) -> Contract:
     """Load a contract by name (`county`) or path; errors name the offending key."""
-    path = config_path("contract", name_or_path)
-    raw = yaml.safe_load(path.read_text())
-    try:
-        return Contract.model_validate(raw)
-    except ValidationError as e:
-        raise ValueError(f"invalid contract {path}:\n{e}") from None
+    return load_config("contract", name_or_path, Contract)

@@ -30,10 +30,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from govrisk.data.contract import MONTH, ColumnSpec, Contract, load_contract
 from pydantic import Field, model_validator
 
-from data.contract import MONTH, ColumnSpec, Contract, load_contract
-from govrisk.paths import StrictModel, load_config
+from govrisk.core.config import StrictModel, load_config
 
 SCHEMA_VERSION = 1
 UNKNOWN = "__unknown__"

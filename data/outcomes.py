@@ -33,10 +33,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from data.contract import Contract
-from data.store import DatasetWriter, read_manifest, read_table
-from data.synthetic import (
+from govrisk.data.contract import Contract
+from govrisk.data.store import DatasetWriter, read_manifest, read_table
+from govrisk.data.synthetic import (
     GENERATOR_VERSION,
     TRUTH_TABLE,
     GeneratorConfig,

@@ -7,17 +7,17 @@ county. See data/real/taiwan/README.md for the source and its quirks.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from govrisk.data.contract import MONTH, load_contract
+from govrisk.data.store import DatasetWriter
+from govrisk.data.validate import validate_tables
 
-from data.contract import MONTH, load_contract
-from data.store import DatasetWriter
-from data.validate import validate_tables
+from govrisk.core.hashing import sha256_file
 
 PUBLISHED_SHA256 = "420f0278ba235d05b0402a298a3c1e007bbb6bd722c8b234bb3b226847695244"
 APPLICATION_DATE = pd.Timestamp("2005-10-01")  # the label is the October 2005 payment
@@ -58,14 +58,6 @@ META = {
     "Applications, 36(2), 2473-2480. doi:10.1016/j.eswa.2007.12.010",
     "license": "CC BY 4.0",
 }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _where(raw: pd.DataFrame, col: str, bad: pd.Series) -> str:
@@ -109,7 +101,7 @@ def import_taiwan(csv: Path, *, out: Path, overwrite: bool = False) -> dict[str,
     csv = Path(csv)
     if not csv.is_file():
         raise FileNotFoundError(f"Taiwan credit-card file not found: {csv}")
-    sha256 = _sha256(csv)
+    sha256 = sha256_file(csv)
     if sha256 != PUBLISHED_SHA256:
         warnings.warn(f"{csv}: sha256 {sha256} differs from the published {PUBLISHED_SHA256}", stacklevel=2)
     raw = pd.read_csv(csv, dtype=str, keep_default_na=False)  # text first, so bad cells are shown as found

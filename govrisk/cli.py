@@ -44,7 +44,7 @@ def data_generate(
 
     Example: govrisk data generate --applicants 20000 --seed 7 --out runs/data/county
     """
-    from data.synthetic import generate, load_generator_config
+    from govrisk.data.synthetic import generate, load_generator_config
 
     cfg = load_generator_config(config)
     manifest = generate(
@@ -67,7 +67,7 @@ def data_validate(
 
     Example: govrisk data validate runs/data/county
     """
-    from data.validate import validate_dataset
+    from govrisk.data.validate import validate_dataset
 
     try:
         report = validate_dataset(path, contract=contract)
@@ -97,7 +97,7 @@ def data_describe(
 
     Example: govrisk data describe runs/data/county --json
     """
-    from data.describe import describe, render
+    from govrisk.data.describe import describe, render
 
     report = describe(path)
     if as_json:
@@ -116,7 +116,7 @@ def data_import_taiwan(
 
     Example: govrisk data import taiwan data/real/taiwan/UCI_Credit_Card.csv --out runs/data/taiwan
     """
-    from data.taiwan import import_taiwan
+    from govrisk.data.taiwan import import_taiwan
 
     manifest = import_taiwan(csv, out=out_dir, overwrite=overwrite)
     rows = ", ".join(f"{t} {m['rows']:,}" for t, m in manifest["tables"].items())
@@ -137,14 +137,14 @@ def train_cmd(
 
     Example: govrisk train --config configs/experiment/county_cnn.yaml model.params.trainer.max_epochs=5
     """
-    from training.config import load_experiment
+    from govrisk.training.config import load_experiment
 
     try:
         cfg, params = load_experiment(config, list(ctx.args))
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error[/red]: {e}")
         raise typer.Exit(2) from None
-    from training.train import train
+    from govrisk.training.train import train
 
     with console.status(f"training {cfg.name} ({cfg.model.kind})"):
         result = train(cfg, params, devices=devices, strategy="ddp" if devices > 1 else "auto")
@@ -170,7 +170,7 @@ def models_list(
 
     Example: govrisk models list
     """
-    from training.registry import list_models
+    from govrisk.core.registry import list_models
 
     rows = list_models()
     if as_json:
@@ -194,7 +194,7 @@ def models_verify(tag: Annotated[str, typer.Argument(help="Model tag, e.g. count
 
     Example: govrisk models verify county-scorecard:latest
     """
-    from training.registry import TamperedModelError, model_path
+    from govrisk.core.registry import TamperedModelError, model_path
 
     try:
         path, meta = model_path(tag, verify=True)
@@ -205,9 +205,9 @@ def models_verify(tag: Annotated[str, typer.Argument(help="Model tag, e.g. count
 
 
 # Research, serving and monitoring keep their commands beside their code; imports inside commands stay lazy.
-from monitoring.cli import register as _register_monitoring  # noqa: E402
-from research.cli import register as _register_research  # noqa: E402
-from serving.cli import register as _register_serving  # noqa: E402
+from govrisk.monitoring.cli import register as _register_monitoring  # noqa: E402
+from govrisk.research.cli import register as _register_research  # noqa: E402
+from govrisk.serving.cli import register as _register_serving  # noqa: E402
 
 _register_research(app, models_app)
 _register_serving(app)

@@ -42,15 +42,15 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
 
 def _serving(name: str) -> tuple[object, Callable[[str], str]]:
     """The serving config and the hash it logs applicants under (salted sha256 of the id)."""
-    from serving.config import load_serving_config
-    from serving.engine import applicant_hash
+    from govrisk.serving.config import load_serving_config
+    from govrisk.serving.engine import applicant_hash
 
     cfg = load_serving_config(name)
     return cfg, partial(applicant_hash, salt=cfg.decision_log.applicant_hash_salt)
 
 
 def _decisions(log: str | None, serving_cfg: object):
-    from monitoring.decisions import read_decisions
+    from govrisk.monitoring.decisions import read_decisions
 
     dl = serving_cfg.decision_log  # type: ignore[attr-defined]
     return read_decisions(log or dl.resolved_url(), table=dl.table, schema=dl.schema_)
@@ -77,8 +77,8 @@ def outcomes_cmd(
 
     Example: govrisk data outcomes runs/data/live-county --log runs/serving/decisions.parquet --out runs/outcomes/live
     """
-    from data.outcomes import play_forward
-    from monitoring.config import load_monitoring_config
+    from govrisk.data.outcomes import play_forward
+    from govrisk.monitoring.config import load_monitoring_config
 
     try:
         mon = load_monitoring_config(config)
@@ -134,14 +134,15 @@ def live_cmd(
 
     Example: govrisk monitor live --log runs/serving/decisions.parquet --outcomes runs/outcomes/live --out runs/reports/live
     """
-    from data.outcomes import OutcomesError, read_outcomes
-    from data.store import read_manifest
-    from monitoring.config import load_monitoring_config
-    from monitoring.live import NotEnoughOutcomes, build_live_report
-    from research.governance import load_policy
-    from research.report import write_report
-    from serving.config import load_policy as load_credit_policy
-    from training.registry import TamperedModelError
+    from govrisk.data.outcomes import OutcomesError, read_outcomes
+    from govrisk.data.store import read_manifest
+    from govrisk.monitoring.config import load_monitoring_config
+    from govrisk.monitoring.live import NotEnoughOutcomes, build_live_report
+    from govrisk.research.governance import load_policy
+    from govrisk.research.report import write_report
+    from govrisk.serving.config import load_policy as load_credit_policy
+
+    from govrisk.core.registry import TamperedModelError
 
     try:
         mon = load_monitoring_config(config)
@@ -246,14 +247,14 @@ def book_cmd(
     Example: govrisk monitor book --data runs/data/live-county --outcomes runs/outcomes/live --as-of 2024-01 --out runs/book
     """
     import numpy as np
+    from govrisk.data.store import read_dataset, read_manifest
+    from govrisk.monitoring.book import as_of_months, on_book, rescore_book, summarise, write_book
+    from govrisk.monitoring.config import load_monitoring_config
+    from govrisk.monitoring.decisions import first_decisions
+    from govrisk.monitoring.live import application_index, application_keys, model_pair
+    from govrisk.research.report import resolve_model
 
-    from data.store import read_dataset, read_manifest
-    from monitoring.book import as_of_months, on_book, rescore_book, summarise, write_book
-    from monitoring.config import load_monitoring_config
-    from monitoring.decisions import first_decisions
-    from monitoring.live import application_index, application_keys, model_pair
-    from research.report import resolve_model
-    from training.registry import TamperedModelError
+    from govrisk.core.registry import TamperedModelError
 
     try:
         mon = load_monitoring_config(config)

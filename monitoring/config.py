@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from govrisk.paths import StrictModel, load_config
+from govrisk.core.config import StrictModel, load_config
 
 
 class AlertThresholds(StrictModel):

@@ -21,15 +21,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
-
-from data.outcomes import mature
-from data.store import Dataset, read_dataset, verify_hash
-from monitoring.config import MonitoringConfig
-from monitoring.decisions import first_decisions
-from research import stats
-from research.governance import Policy, check_row
-from research.report import (
+from govrisk.data.outcomes import mature
+from govrisk.data.store import Dataset, read_dataset, verify_hash
+from govrisk.monitoring.config import MonitoringConfig
+from govrisk.monitoring.decisions import first_decisions
+from govrisk.research import stats
+from govrisk.research.governance import Policy, check_row
+from govrisk.research.report import (
     ROLES,
     Scored,
     development_population,
@@ -39,6 +37,7 @@ from research.report import (
     score_development,
     segment_groups,
 )
+from scipy import stats as sps
 
 FAILED_STATUSES = ("error", "timeout", "busy", "missing")  # the challenger was due but did not answer
 LATENCIES = ("total_ms", "features_ms", "champion_ms", "challenger_ms")

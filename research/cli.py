@@ -75,7 +75,7 @@ def tune_cmd(
 
     Example: govrisk tune --model cnn --trials 30 --timeout 900 data.generate.applicants=50000
     """
-    from research import tune
+    from govrisk.research import tune
 
     try:
         if model is not None and model not in ("cnn", "tabular"):
@@ -127,9 +127,10 @@ def report_cmd(
 
     Example: govrisk report --champion county-scorecard:latest --challenger county-cnn:latest --out runs/reports/county
     """
-    from research.governance import load_policy
-    from research.report import build_report, write_report
-    from training.registry import TamperedModelError
+    from govrisk.research.governance import load_policy
+    from govrisk.research.report import build_report, write_report
+
+    from govrisk.core.registry import TamperedModelError
 
     if data is not None and not (data / "manifest.json").exists():
         raise _fail(f"--data {data}: not a dataset folder (no manifest.json)")
@@ -162,8 +163,9 @@ def promote_cmd(
 
     Example: govrisk promote county-cnn:latest --report runs/reports/county
     """
-    from research.governance import PromotionRefused, champion_file, promote
-    from training.registry import TamperedModelError
+    from govrisk.research.governance import PromotionRefused, champion_file, promote
+
+    from govrisk.core.registry import TamperedModelError
 
     try:
         entry = promote(model, report, override=override, reason=reason)
@@ -183,7 +185,7 @@ def audit_cmd(
 
     Example: govrisk models audit
     """
-    from research.governance import audit_file, current_champion, read_audit
+    from govrisk.research.governance import audit_file, current_champion, read_audit
 
     entries, problems = read_audit()
     if as_json:

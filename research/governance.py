@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import getpass
-import hashlib
 import json
 import os
 import socket
@@ -27,7 +26,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from govrisk.paths import StrictModel, load_config, work_dir
+from govrisk.core.config import StrictModel, load_config, work_dir
+from govrisk.core.hashing import sha256_bytes, sha256_file
 
 SPLITS = ("train", "val", "oot")
 
@@ -194,7 +194,7 @@ def _last_line_hash(path: Path) -> str | None:
     if not path.exists():
         return None
     lines = [ln for ln in path.read_bytes().splitlines() if ln.strip()]
-    return hashlib.sha256(lines[-1]).hexdigest() if lines else None
+    return sha256_bytes(lines[-1]) if lines else None
 
 
 def append_audit(entry: dict[str, Any]) -> dict[str, Any]:
@@ -224,14 +224,14 @@ def read_audit() -> tuple[list[dict[str, Any]], list[str]]:
             entry = json.loads(raw)
         except json.JSONDecodeError:
             problems.append(f"line {i}: not JSON")
-            prev = hashlib.sha256(raw).hexdigest()
+            prev = sha256_bytes(raw)
             continue
         if entry.get("prev_sha256") != prev:
             problems.append(f"line {i} (seq {entry.get('seq')}): previous-line hash does not match")
         if entry.get("seq") != i:
             problems.append(f"line {i}: sequence number {entry.get('seq')} out of order")
         entries.append(entry)
-        prev = hashlib.sha256(raw).hexdigest()
+        prev = sha256_bytes(raw)
     return entries, problems
 
 
@@ -239,16 +239,12 @@ class PromotionRefused(RuntimeError):
     """The report does not support the promotion, and no override was given."""
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def promote(
     tag: str, report_dir: Path, *, override: bool = False, reason: str | None = None
 ) -> dict[str, Any]:
     """Make `tag` the champion if the report in `report_dir` recommends it (or with an override and a
     reason); returns the audit entry. Refusals raise PromotionRefused and are not logged as promotions."""
-    from training.registry import model_path
+    from govrisk.core.registry import model_path
 
     if override and not (reason and reason.strip()):
         raise PromotionRefused("--override needs --reason TEXT: the audit log must say why")
@@ -278,7 +274,7 @@ def promote(
             )
         if problems and not override:
             raise PromotionRefused("; ".join(problems) + " (use --override --reason TEXT to promote anyway)")
-        from training.registry import git_commit
+        from govrisk.core.registry import git_commit
 
         now = datetime.now(UTC).isoformat(timespec="seconds")
         entry = append_audit({

@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from govrisk.data.features import FeatureSet, month_number
+from govrisk.data.store import Dataset, read_dataset, verify_hash
+from govrisk.research import stats
+from govrisk.research.governance import Policy, SegmentPolicy, recommend
 
-from data.features import FeatureSet, month_number
-from data.store import Dataset, read_dataset, verify_hash
-from govrisk.rating import MasterScale, load_master_scale
-from research import stats
-from research.governance import Policy, SegmentPolicy, recommend
+from govrisk.core.rating import MasterScale, load_master_scale
 
 ROLES = ("champion", "challenger")
 
@@ -92,7 +92,7 @@ def resolve_model(ref: str) -> ModelRef:
     folder = Path(ref)
     tag = None
     if not folder.is_dir():
-        from training.registry import model_path
+        from govrisk.core.registry import model_path
 
         folder, _ = model_path(ref, verify=True)  # KeyError / TamperedModelError name the tag
         tag = f"{folder.parent.name}:{folder.name}"  # the store keeps <name>/<version>
@@ -115,7 +115,7 @@ def resolve_model(ref: str) -> ModelRef:
 def score(model: ModelRef, ds: Dataset) -> tuple[np.ndarray, FeatureSet]:
     """PDs of every applicant in `ds` from the model's exported ONNX graph (its sha256 checked) and its
     own feature schema, through serving's loader: what serving runs. Also the features it saw."""
-    from serving.models import LoadedModel
+    from govrisk.serving.models import LoadedModel
 
     loaded = LoadedModel(folder=model.folder, threads=0)
     fs = loaded.builder.transform(ds.applicants, ds.monthly)
@@ -143,8 +143,8 @@ def development_population(challenger: ModelRef, policy: Policy) -> tuple[Popula
     """The policy's `development` rows (train + validation) of the challenger's training data, split
     by the challenger's own config: the "expected" population of every PSI and CSI. Returns the rows,
     the dataset's path and verified hash, and notes for the report (a dataset changed since training)."""
-    from training.config import experiment_from_dict
-    from training.train import dataset_path, split_indices
+    from govrisk.training.config import experiment_from_dict
+    from govrisk.training.train import dataset_path, split_indices
 
     cfg, _ = experiment_from_dict(challenger.config, source=f"{challenger.label} config.yaml")
     train_path = dataset_path(cfg.data)
@@ -165,8 +165,8 @@ def populations(
     challenger: ModelRef, data: Path | None, policy: Policy
 ) -> tuple[Population, Population, dict]:
     """Development and evaluation rows (see the module docstring) and a description for the report."""
-    from training.config import experiment_from_dict
-    from training.train import dataset_path, split_indices
+    from govrisk.training.config import experiment_from_dict
+    from govrisk.training.train import dataset_path, split_indices
 
     cfg, _ = experiment_from_dict(challenger.config, source=f"{challenger.label} config.yaml")
     train_path = dataset_path(cfg.data)
@@ -581,7 +581,7 @@ def _jsonable(x: Any) -> Any:
 
 def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """report.json and the self-contained report.html in `out`; returns both paths."""
-    from research.render import render_html
+    from govrisk.research.render import render_html
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -41,7 +40,17 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from govrisk.paths import StrictModel, config_path, load_config, work_dir
+from govrisk.core.config import (
+    StrictModel,
+    apply_overrides,
+    config_path,
+    get_dotted,
+    load_config,
+    read_yaml,
+    set_dotted,
+    work_dir,
+)
+from govrisk.core.hashing import sha256_json
 
 SPACE_ATTR = "govrisk:fingerprint"
 DEFAULT_ROLE = "default"
@@ -127,28 +136,6 @@ def storage_url(url: str | None) -> str:
     return url
 
 
-# --- setting dotted keys --------------------------------------------------------------------------------
-
-
-def _get(raw: dict[str, Any], key: str) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(key)
-        node = node[part]
-    return node
-
-
-def _set(raw: dict[str, Any], key: str, value: Any) -> None:
-    *path, last = key.split(".")
-    node = raw
-    for part in path:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"key {key!r}: {part!r} is not a section")
-    node[last] = value
-
-
 def _encode(value: Any) -> Any:
     """Optuna's categorical choices must be scalars: a list travels as its JSON text."""
     return json.dumps(value) if isinstance(value, list | tuple) else value
@@ -191,13 +178,13 @@ class StudySpec:
         heartbeat: int = 30,
     ) -> StudySpec:
         """Check the whole spec before anything runs: a bad key or value fails naming it."""
-        from training.config import apply_overrides, experiment_from_dict, resolved_dict
+        from govrisk.training.config import experiment_from_dict, resolved_dict
 
         experiment = experiment or space.experiment
         path = config_path("experiment", experiment)
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path)
         for key, value in space.fixed.items():
-            _set(raw, key, value)
+            set_dotted(raw, key, value)
         # Command-line overrides win over the search space's fixed settings, never over a tuned key.
         tuned = [o for o in overrides or [] if o.split("=", 1)[0] in space.params]
         if tuned:
@@ -212,7 +199,7 @@ class StudySpec:
         defaults = {}
         for key, spec in space.params.items():
             try:
-                value = _get(resolved, key)
+                value = get_dotted(resolved, key)
             except KeyError:
                 raise ValueError(
                     f"search space key {key!r} is not a key of experiment {experiment!r}"
@@ -241,20 +228,19 @@ class StudySpec:
 
     def trial_config(self, values: dict[str, Any], *, tuning: bool = True) -> tuple[Any, Any]:
         """(ExperimentConfig, model params) of one parameter set; `tuning` adds the tuning-only settings."""
-        from training.config import experiment_from_dict
+        from govrisk.training.config import experiment_from_dict
 
         raw = copy.deepcopy(self.base_raw)
         if tuning:
             for key, value in self.space.tuning_only.items():
-                _set(raw, key, value)
+                set_dotted(raw, key, value)
         for key, value in values.items():
-            _set(raw, key, _decode(self.space.params[key], value))
+            set_dotted(raw, key, _decode(self.space.params[key], value))
         return experiment_from_dict(raw, source=f"study {self.study}")
 
     def fingerprint(self) -> str:
         """What makes two workers' trials comparable: the search space and the base config."""
-        blob = json.dumps([self.space.model_dump(mode="json"), self.base_raw], sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return sha256_json([self.space.model_dump(mode="json"), self.base_raw])
 
     def best_config_path(self) -> Path:
         return work_dir() / "tuning" / self.study / "best.yaml"
@@ -378,10 +364,9 @@ def make_objective(spec: StudySpec, n_trials: int, deadline: float | None = None
     """The Optuna objective: one `train(cfg)` per trial, pruned on the search space's metric.
     `deadline` is a `time.monotonic()` value after which no trial should still be running."""
     import optuna
+    from govrisk.training.train import train
     from optuna.trial import TrialState
     from optuna_integration import PyTorchLightningPruningCallback
-
-    from training.train import train
 
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -481,11 +466,10 @@ def run_worker(
     import warnings
 
     import optuna
+    from govrisk.training.lightning import set_threads
+    from govrisk.training.train import reuse_prepared
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
-
-    from training.lightning import set_threads
-    from training.train import reuse_prepared
 
     _quiet()
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
@@ -527,7 +511,7 @@ def run_worker(
 def write_best_config(spec: StudySpec, best: Any) -> Path:
     """The best trial as a complete experiment YAML for `govrisk train --config` (tuning-only settings
     back at the base experiment's values, so the run registers like any other)."""
-    from training.config import resolved_dict
+    from govrisk.training.config import resolved_dict
 
     values = {k: v for k, v in best.params.items() if k in spec.space.params}
     cfg, params = spec.trial_config(values, tuning=False)

@@ -29,7 +29,7 @@ echo "== 9. Serve the champion (county-scorecard:latest) beside the challenger (
 echo "   127.0.0.1:3000; a simulated decision system sends 5 applicants of a fresh county, then a live county"
 echo "   of 5,000 through /score_batch (shadow mode: both models score everyone), then the server stops"
 LIVE_DATA="$WORK/data/live-county-5000-s12"
-.venv/bin/python -m serving.decision_system --start-server --applicants 5 --batch 5000 --batch-data "$LIVE_DATA"
+.venv/bin/python -m devtools.decision_system --start-server --applicants 5 --batch 5000 --batch-data "$LIVE_DATA"
 echo "== 10. Live monitoring: play the live county 12 months forward, judge both models on what happened,"
 echo "   and rescore the loans on the book as of 2024-01"
 LOG="$WORK/serving/decisions.parquet"

@@ -15,7 +15,7 @@ def serve_env(config: str) -> dict[str, str]:
     (BentoML reads BENTOML_HOME when it starts, before any govrisk code runs)."""
     import os
 
-    from govrisk.paths import config_path, work_dir
+    from govrisk.core.config import config_path, work_dir
 
     path = config_path("serving", config)  # fails here, naming the config, if it does not exist
     env = dict(os.environ)
@@ -46,11 +46,11 @@ def register(app: typer.Typer) -> None:
         import subprocess
         import sys
 
-        from serving.config import load_serving_config
+        from govrisk.serving.config import load_serving_config
 
         env = serve_env(config)
         cfg = load_serving_config(env["GOVRISK_SERVING_CONFIG"])  # a bad key fails before BentoML starts
-        cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:Scoring"]
+        cmd = [sys.executable, "-m", "bentoml", "serve", "govrisk.serving.service:Scoring"]
         cmd += ["--port", str(port or cfg.port), "--host", host or cfg.host]
         raise typer.Exit(subprocess.call(cmd, env=env))
 
@@ -64,8 +64,8 @@ def register(app: typer.Typer) -> None:
 
         Example: govrisk decisions export --out runs/serving/decisions.parquet
         """
-        from serving.config import load_serving_config
-        from serving.decision_log import export_parquet
+        from govrisk.serving.config import load_serving_config
+        from govrisk.serving.decision_log import export_parquet
 
         dl = load_serving_config(config).decision_log
         n = export_parquet(url=url or dl.resolved_url(), out=out, table=dl.table, schema=dl.schema_)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from govrisk.paths import StrictModel, load_config, work_dir
+from govrisk.core.config import StrictModel, load_config, work_dir
 
 CONFIG_ENV = "GOVRISK_SERVING_CONFIG"  # how `govrisk serve` and tests hand a config to `bentoml serve`
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

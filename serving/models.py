@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import yaml
+from govrisk.data.features import FeatureBuilder, FeatureSet
 
-from data.features import FeatureBuilder, FeatureSet
-from govrisk.reasons import reasons_from_points
-from training.registry import TamperedModelError, model_path
+from govrisk.core.reasons import reasons_from_points
+from govrisk.core.registry import TamperedModelError, model_path
 
 
 @dataclass

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from serving.config import HardRule, PolicyConfig
+from govrisk.serving.config import HardRule, PolicyConfig
 
 
 @dataclass(frozen=True)

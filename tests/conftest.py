@@ -6,10 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-
-from data.features import FeatureBuilder, FeatureSet
-from data.store import Dataset, read_dataset
-from data.synthetic import generate, load_generator_config
+from govrisk.data.features import FeatureBuilder, FeatureSet
+from govrisk.data.store import Dataset, read_dataset
+from govrisk.data.synthetic import generate, load_generator_config
 
 TINY_APPLICANTS = 3000
 TINY_SEED = 1

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from data.features import FeatureBuilder, FeatureSet, month_number
-from data.store import Dataset
+from govrisk.data.features import FeatureBuilder, FeatureSet, month_number
+from govrisk.data.store import Dataset
 
 
 def _records_of(ds: Dataset, ids: list[str]) -> dict[str, pd.DataFrame]:
@@ -156,8 +155,8 @@ def test_bad_feature_config_names_the_key() -> None:
 
 
 def test_taiwan_features(tmp_path: Path) -> None:
-    from data.store import read_dataset
-    from data.taiwan import import_taiwan
+    from govrisk.data.store import read_dataset
+    from govrisk.data.taiwan import import_taiwan
 
     import_taiwan(Path("data/real/taiwan/UCI_Credit_Card.csv"), out=tmp_path / "tw")
     ds = read_dataset(tmp_path / "tw")

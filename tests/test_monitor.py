@@ -19,14 +19,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import tiny_experiment
+from govrisk.data.outcomes import OutcomesError, play_forward, read_outcomes, validate_outcomes
+from govrisk.data.store import read_dataset
+from govrisk.data.synthetic import generate, load_generator_config
+from govrisk.serving.engine import applicant_hash
 from typer.testing import CliRunner
 
-from data.outcomes import OutcomesError, play_forward, read_outcomes, validate_outcomes
-from data.store import read_dataset
-from data.synthetic import generate, load_generator_config
 from govrisk.cli import app
-from govrisk.paths import CONFIGS
-from serving.engine import applicant_hash
+from govrisk.core.config import config_path
 
 runner = CliRunner()
 SALT = "govrisk-applicant-v1"  # configs/serving/default.yaml decision_log.applicant_hash_salt
@@ -44,8 +44,8 @@ def h(applicant_id: str) -> str:
 # --- fixtures: models, live populations, decision logs ---------------------------------------------
 @pytest.fixture(scope="module")
 def models(tiny_county_path: Path) -> dict[str, str]:
-    from training.config import experiment_from_dict
-    from training.train import train
+    from govrisk.training.config import experiment_from_dict
+    from govrisk.training.train import train
 
     card = train(
         *experiment_from_dict(tiny_experiment(tiny_county_path, "scorecard", name="monitor-scorecard"))
@@ -73,10 +73,11 @@ def write_log(
     dataset: Path, url: str, models: dict[str, str], *, rows: slice = slice(None), **over: Any
 ) -> None:
     """Score the dataset's applicants through the serving engine and commit each record to the log."""
-    from serving.client import request_bodies
-    from serving.config import load_serving_config
-    from serving.decision_log import DecisionLog
-    from serving.engine import Scorer, log_row
+    from govrisk.serving.config import load_serving_config
+    from govrisk.serving.decision_log import DecisionLog
+    from govrisk.serving.engine import Scorer, log_row
+
+    from devtools.client import request_bodies
 
     challenger = {"tag": models["challenger"], "budget_ms": 10_000} | over.pop("challenger", {})
     cfg = load_serving_config("default", champion=models["champion"], challenger=challenger,
@@ -94,10 +95,10 @@ def write_log(
 
 def monitoring_config(work: Path, **alerts: float) -> Path:
     """The default monitoring config with a quicker governance policy (100 bootstrap resamples)."""
-    policy = yaml.safe_load((CONFIGS / "governance" / "default.yaml").read_text())
+    policy = yaml.safe_load(config_path("governance", "default").read_text())
     policy["bootstrap"]["n_boot"] = 100
     (work / "policy.yaml").write_text(yaml.safe_dump(policy))
-    cfg = yaml.safe_load((CONFIGS / "monitoring" / "default.yaml").read_text())
+    cfg = yaml.safe_load(config_path("monitoring", "default").read_text())
     cfg["live"]["governance_policy"] = str(work / "policy.yaml")
     cfg["live"]["alerts"] |= alerts
     path = work / f"monitoring-{len(alerts)}.yaml"
@@ -240,7 +241,7 @@ def test_bad_outcomes_name_the_field_row_and_value(column: str, value: object, m
 
 
 def test_outcome_files_and_maturity(tmp_path: Path) -> None:
-    from data.outcomes import mature
+    from govrisk.data.outcomes import mature
 
     df = _outcome_rows()
     with pytest.raises(OutcomesError, match=r"missing columns \['default_12m'\]"):
@@ -280,7 +281,7 @@ def test_live_report_is_the_governance_report_with_live_figures(live: dict, mode
     assert lv["operations"]["latency_ms"]["score_batch"]["total_ms"]["p50"] > 0
 
     # The live figures are the report's own statistics on the logged PDs and the outcomes.
-    from research import stats
+    from govrisk.research import stats
 
     log = pd.read_sql_table("decisions", live["url"])
     y = read_outcomes(live["outcomes"]).set_index("applicant_hash").loc[log["applicant_hash"], "default_12m"]
@@ -429,7 +430,7 @@ def test_book_rescores_approved_loans_and_lists_the_watched(live: dict, models: 
 
     # "Now" is an application dated the first of the as-of month with every record before it: scored
     # independently through the training code path, it gives the same PDs.
-    from training.train import predictions
+    from govrisk.training.train import predictions
 
     ds, fwd = read_dataset(live["data"]), read_dataset(live["outcomes"])
     loans = ds.applicants.set_index("applicant_id").loc[book["applicant_id"]].reset_index()
@@ -473,8 +474,8 @@ def test_book_of_a_whole_dataset_recomputes_origination(
 def test_live_loop_through_the_server(models: dict, work: Path, live: dict) -> None:
     """Train (the module's models), serve in shadow mode, send a fresh county through /score_batch, play
     time forward, `govrisk monitor live`: the live report ranks the models as the offline OOT report."""
-    from serving.client import request_bodies
-    from serving.launcher import Server
+    from devtools.client import request_bodies
+    from devtools.launcher import Server
 
     folder = work / "server"
     url = f"sqlite:///{folder / 'decisions.db'}"

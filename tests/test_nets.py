@@ -13,16 +13,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from pydantic import ValidationError
-from sklearn.metrics import roc_auc_score
-from torch import Tensor
-
-from data.features import FeatureBuilder, FeatureSet
-from data.store import read_dataset
-from data.synthetic import generate, load_generator_config
-from govrisk.paths import REPO_ROOT
-from training.export import OnnxParityError, export_onnx
-from training.lightning import (
+from govrisk.data.features import FeatureBuilder, FeatureSet
+from govrisk.data.store import read_dataset
+from govrisk.data.synthetic import generate, load_generator_config
+from govrisk.training.export import OnnxParityError, export_onnx
+from govrisk.training.lightning import (
     BatchIndexSampler,
     CnnConfig,
     RiskMetrics,
@@ -32,7 +27,12 @@ from training.lightning import (
     load_model_config,
     predict_logits,
 )
-from training.nets import Calibrated, PiecewiseLinearEncoding, TabularNet, build_net
+from govrisk.training.nets import Calibrated, PiecewiseLinearEncoding, TabularNet, build_net
+from pydantic import ValidationError
+from sklearn.metrics import roc_auc_score
+from torch import Tensor
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Tiny nets so a fit takes seconds; the learning rate is high because there are few steps.
 TINY_CNN = {
@@ -178,7 +178,7 @@ def test_same_seed_same_val_auc(fitted: dict) -> None:
 def test_checkpoint_rebuilds_net_without_being_handed_one(
     fitted: dict, county: tuple[FeatureSet, FeatureSet]
 ) -> None:
-    from training.lightning import RiskModule
+    from govrisk.training.lightning import RiskModule
 
     for kind in ("cnn", "tabular"):
         r = fitted[kind]
@@ -424,11 +424,11 @@ DDP_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import numpy as np, torch
-    from data.features import FeatureBuilder
-    from data.store import read_dataset
-    from data.synthetic import generate, load_generator_config
+    from govrisk.data.features import FeatureBuilder
+    from govrisk.data.store import read_dataset
+    from govrisk.data.synthetic import generate, load_generator_config
     from sklearn.metrics import roc_auc_score
-    from training.lightning import CnnConfig, fit_net, predict_logits
+    from govrisk.training.lightning import CnnConfig, fit_net, predict_logits
 
     out, cfg = sys.argv[1], json.loads(sys.argv[2])
     d = read_dataset(out)

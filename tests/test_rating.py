@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from govrisk.rating import MasterScale, load_master_scale
+from govrisk.core.rating import MasterScale, load_master_scale
 
 
 def test_bounds_fall_in_the_next_grade() -> None:

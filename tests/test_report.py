@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import yaml
 from conftest import tiny_experiment
+from govrisk.data.synthetic import generate, load_generator_config
+from govrisk.research import stats
+from govrisk.research.render import PLOTS
+from govrisk.training.config import experiment_from_dict
+from govrisk.training.train import predictions, split_indices, train
 from typer.testing import CliRunner
 
-from data.synthetic import generate, load_generator_config
 from govrisk.cli import app
-from govrisk.paths import CONFIGS
-from research import stats
-from research.render import PLOTS
-from training.config import experiment_from_dict
-from training.train import predictions, split_indices, train
+from govrisk.core.config import config_path
 
 runner = CliRunner()
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -49,7 +49,7 @@ def models(tiny_county_path: Path) -> dict[str, str]:
 
 def policy_file(tmp_path: Path, name: str, **thresholds: object) -> Path:
     """The default policy with fewer bootstrap resamples (speed) and the given thresholds."""
-    raw = yaml.safe_load((CONFIGS / "governance" / "default.yaml").read_text())
+    raw = yaml.safe_load(config_path("governance", "default").read_text())
     raw["bootstrap"]["n_boot"] = 100
     raw["thresholds"] |= thresholds
     path = tmp_path / f"{name}.yaml"
@@ -200,8 +200,8 @@ def test_report_refuses_bad_input_naming_it(models: dict, tmp_path: Path) -> Non
 
 
 def with_policy(report: dict, policy: Path, out: Path) -> dict:
-    from research.governance import load_policy, recommend
-    from research.report import write_report
+    from govrisk.research.governance import load_policy, recommend
+    from govrisk.research.report import write_report
 
     pol = load_policy(policy)
     report = report | {"policy": {"name": str(policy)} | pol.model_dump(mode="json")}
@@ -269,8 +269,8 @@ def test_promote_follows_the_report_and_audits_every_change(
 
 
 def test_thin_file_rule_hand_checked(tiny_county) -> None:
-    from research.governance import load_policy
-    from research.report import thin_file
+    from govrisk.research.governance import load_policy
+    from govrisk.research.report import thin_file
 
     seg = load_policy().segments
     thin, rule = thin_file(tiny_county, seg)

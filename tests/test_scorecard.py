@@ -12,13 +12,10 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 import yaml
-from sklearn.metrics import roc_auc_score
-
-from data.features import FeatureBuilder, FeatureSet
-from data.store import read_dataset
-from data.synthetic import generate, load_generator_config
-from govrisk.paths import CONFIGS
-from training.scorecard import (
+from govrisk.data.features import FeatureBuilder, FeatureSet
+from govrisk.data.store import read_dataset
+from govrisk.data.synthetic import generate, load_generator_config
+from govrisk.training.scorecard import (
     OnnxParityError,
     Scorecard,
     ScorecardConfig,
@@ -26,6 +23,9 @@ from training.scorecard import (
     load_scorecard_config,
     reasons_from_points,
 )
+from sklearn.metrics import roc_auc_score
+
+from govrisk.core.config import config_path
 
 CUTOFF = pd.Timestamp("2023-01-01")  # train on applications before, hold out those after
 
@@ -97,7 +97,7 @@ def _awkward_rows(card: Scorecard, raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_config_file_is_the_single_source_of_defaults() -> None:
-    raw = yaml.safe_load((CONFIGS / "model" / "scorecard.yaml").read_text())
+    raw = yaml.safe_load(config_path("model", "scorecard").read_text())
     cfg = ScorecardConfig.model_validate(raw)
     assert (cfg.scaling.base_points, cfg.scaling.base_odds, cfg.scaling.pdo) == (600, 50, 20)
     assert cfg.binning.numeric_monotonic_trend == "auto_asc_desc" and cfg.reason_codes == 4

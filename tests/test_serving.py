@@ -25,16 +25,17 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 import yaml
+from govrisk.data.store import Dataset
+from govrisk.serving.engine import applicant_hash, arm_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from data.store import Dataset
-from govrisk.paths import REPO_ROOT
-from govrisk.rating import load_master_scale
-from serving.client import request_bodies
-from serving.engine import applicant_hash, arm_of
-from serving.launcher import API_KEY, Server
+from devtools.client import request_bodies
+from devtools.launcher import API_KEY, Server
+from govrisk.core.rating import load_master_scale
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 PG_URL = os.environ.get("GOVRISK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 GRADES = set(load_master_scale().names)
@@ -43,8 +44,8 @@ GRADES = set(load_master_scale().names)
 # --- models and servers ---------------------------------------------------------------------------
 class Trained:
     def __init__(self, dataset: Path) -> None:
-        from training.config import load_experiment
-        from training.train import train
+        from govrisk.training.config import load_experiment
+        from govrisk.training.train import train
 
         base = [f"data.dataset={dataset}", "data.generate=null", "parity_rows=500"]
         cfg, params = load_experiment("county_scorecard", [*base, "name=serving-test-scorecard"])
@@ -446,7 +447,7 @@ def test_fuzz_never_5xx_and_only_decisions_are_logged(shadow: Server, bodies, da
 def test_online_scores_equal_offline_batch_scores(
     shadow: Server, bodies, tiny_county: Dataset, trained
 ) -> None:
-    from training.train import predictions
+    from govrisk.training.train import predictions
 
     picked = bodies[:400]
     ids = [b["applicant"]["applicant_id"] for b in picked]
@@ -471,9 +472,10 @@ def test_a_run_folder_loads_as_its_registered_model_and_a_tampered_one_is_refuse
     the run's metrics.json recorded at export, and scores as the registered model does, in any chunking."""
     import shutil
 
-    from serving.models import LoadedModel
-    from serving.request import RequestParser
-    from training.registry import TamperedModelError
+    from govrisk.serving.models import LoadedModel
+    from govrisk.serving.request import RequestParser
+
+    from govrisk.core.registry import TamperedModelError
 
     by_tag = LoadedModel(tag=trained.challenger)
     by_folder = LoadedModel(folder=Path(trained.challenger_run), threads=0)

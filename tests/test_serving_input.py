@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from govrisk.data.contract import load_contract
+from govrisk.data.validate import validate_tables
+from govrisk.serving.request import Applicants, BadInput, RequestParser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from data.contract import load_contract
-from data.validate import validate_tables
-from serving.client import request_bodies
-from serving.request import Applicants, BadInput, RequestParser
+from devtools.client import request_bodies
 
 CONTRACT = load_contract("county")
 PARSER = RequestParser(contract=CONTRACT, lookback_months=24)
@@ -193,7 +193,7 @@ def test_fast_path_accepts_only_what_the_reference_accepts(bodies, data) -> None
 # --- the vectorised monthly aggregates against the column-at-a-time reference -----------------------
 def _aggregates_one_column(builder, name: str, spec, present: np.ndarray, v: np.ndarray) -> dict:
     """The aggregates of one monthly column, computed alone (the formulation before vectorising)."""
-    from data.features import _last_index, _seq_value
+    from govrisk.data.features import _last_index, _seq_value
 
     T, W = builder.config.lookback_months, builder.config.trend_window
     out: dict[str, np.ndarray] = {}
@@ -250,7 +250,7 @@ def test_decision_log_commits_in_each_callers_thread_and_recovers_from_a_failed_
     loses nothing committed before it, and the thread's next write succeeds on a fresh connection."""
     import threading
 
-    from serving.decision_log import DecisionLog, decisions_table
+    from govrisk.serving.decision_log import DecisionLog, decisions_table
 
     log = DecisionLog(url=f"sqlite:///{tmp_path}/decisions.db")
     now = dt.datetime.now(dt.UTC)

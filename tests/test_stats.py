@@ -6,10 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from govrisk.research import stats
+from govrisk.training.metrics import ks_statistic
 from sklearn.metrics import roc_auc_score
-
-from research import stats
-from training.metrics import ks_statistic
 
 
 def hanley_mcneil() -> tuple[np.ndarray, np.ndarray]:

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from data.describe import describe
-from data.features import month_number
-from data.store import read_dataset, read_table, verify_hash
-from data.synthetic import generate, load_generator_config, simulate_chunk
-from data.validate import validate_dataset
+from govrisk.data.describe import describe
+from govrisk.data.features import month_number
+from govrisk.data.store import read_dataset, read_table, verify_hash
+from govrisk.data.synthetic import generate, load_generator_config, simulate_chunk
+from govrisk.data.validate import validate_dataset
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from govrisk.data.store import read_dataset
+from govrisk.data.taiwan import PUBLISHED_SHA256, import_taiwan
+from govrisk.data.validate import validate_dataset
 from typer.testing import CliRunner
 
-from data.store import read_dataset
-from data.taiwan import PUBLISHED_SHA256, import_taiwan
-from data.validate import validate_dataset
 from govrisk.cli import app
-from govrisk.paths import REPO_ROOT
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Every edited copy differs from the published file; that warning is the subject of one test only.
 pytestmark = pytest.mark.filterwarnings("ignore:.*differs from the published:UserWarning")

@@ -18,11 +18,18 @@ import optuna
 import pytest
 import sqlalchemy
 import yaml
+from govrisk.research.tune import (
+    SkippedTrial,
+    StudySpec,
+    load_search_space,
+    make_objective,
+    open_study,
+    storage_url,
+)
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from govrisk.cli import app
-from research.tune import SkippedTrial, StudySpec, load_search_space, make_objective, open_study, storage_url
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -270,8 +277,8 @@ def test_two_workers_share_one_postgres_study(
 
 
 def test_trials_of_one_worker_prepare_the_data_once(tiny_county_path: Path) -> None:
-    from training.config import experiment_from_dict
-    from training.train import prepare, reuse_prepared
+    from govrisk.training.config import experiment_from_dict
+    from govrisk.training.train import prepare, reuse_prepared
 
     raw = {"name": "prep", "seed": 0, "data": {"dataset": str(tiny_county_path), "features": "county"},
            "split": {"kind": "vintage", "val_start": "2023-01", "oot_start": "2023-07"},

@@ -12,12 +12,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from govrisk.data import validate as validate_module
+from govrisk.data.contract import load_contract
+from govrisk.data.store import DatasetWriter
+from govrisk.data.validate import ContractViolation, ValidationReport, validate_dataset, validate_tables
 from typer.testing import CliRunner
 
-from data import validate as validate_module
-from data.contract import load_contract
-from data.store import DatasetWriter
-from data.validate import ContractViolation, ValidationReport, validate_dataset, validate_tables
 from govrisk.cli import app
 
 COUNTY = load_contract("county")

@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from govrisk.paths import StrictModel, config_path
+from govrisk.core.config import StrictModel, apply_overrides, config_path, format_errors, read_yaml
 
 ModelKind = Literal["scorecard", "cnn", "tabular"]
 
@@ -83,29 +82,6 @@ class ExperimentConfig(StrictModel):
     parity_atol: float = Field(default=1e-5, gt=0, le=1e-3)
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """'model.params.trainer.max_epochs=3' -> (['model', 'params', 'trainer', 'max_epochs'], 3)."""
-    if "=" not in item:
-        raise ValueError(f"override {item!r} is not of the form key=value")
-    key, raw = item.split("=", 1)
-    if not key or any(not part for part in key.split(".")):
-        raise ValueError(f"override {item!r}: empty key")
-    return key.split("."), yaml.safe_load(raw) if raw else None
-
-
-def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for item in overrides:
-        path, value = parse_override(item)
-        node = cfg
-        for part in path[:-1]:
-            nxt = node.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
-            node = nxt
-        node[path[-1]] = value
-    return cfg
-
-
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
@@ -113,34 +89,24 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _format(e: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for err in e.errors():
-        key = ".".join(str(x) for x in (prefix, *err["loc"]) if x != "")
-        value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"  {key}: {err['msg']}{shown}")
-    return "\n".join(lines)
-
-
 def model_params_class(kind: str) -> type[BaseModel]:
     """The pydantic config of a model kind (imported lazily: the scorecard needs no torch)."""
     if kind == "scorecard":
-        from training.scorecard import ScorecardConfig
+        from govrisk.training.scorecard import ScorecardConfig
 
         return ScorecardConfig
-    from training.lightning import CnnConfig, TabularConfig
+    from govrisk.training.lightning import CnnConfig, TabularConfig
 
     return {"cnn": CnnConfig, "tabular": TabularConfig}[kind]
 
 
 def resolve_model_params(kind: str, overrides: dict[str, Any]) -> BaseModel:
     """configs/model/<kind>.yaml merged with `overrides`, validated by the kind's config."""
-    defaults = yaml.safe_load(config_path("model", kind).read_text())
+    defaults = read_yaml(config_path("model", kind))
     try:
         return model_params_class(kind).model_validate(_merge(defaults, overrides))
     except ValidationError as e:
-        raise ValueError(f"invalid model.params for {kind}:\n{_format(e, 'model.params')}") from None
+        raise ValueError(f"invalid model.params for {kind}:\n{format_errors(e, 'model.params')}") from None
 
 
 def load_experiment(
@@ -148,8 +114,7 @@ def load_experiment(
 ) -> tuple[ExperimentConfig, BaseModel]:
     """Load and validate an experiment and its model params; nothing is trained or read yet."""
     path = config_path("experiment", name_or_path)
-    raw = yaml.safe_load(path.read_text()) or {}
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(read_yaml(path), overrides or [])
     return experiment_from_dict(raw, source=str(path))
 
 
@@ -159,7 +124,7 @@ def experiment_from_dict(
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise ValueError(f"invalid experiment config {source}:\n{_format(e)}") from None
+        raise ValueError(f"invalid experiment config {source}:\n{format_errors(e)}") from None
     params = dict(cfg.model.params)
     if cfg.model.kind != "scorecard":
         # One seed per experiment: it drives the net's initialisation, shuffling and dropout too.

@@ -12,7 +12,6 @@ onnxruntime, at batch sizes 1 and `len(check_inputs)`, before the function retur
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import io
 import warnings
@@ -26,6 +25,8 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+
+from govrisk.core.hashing import sha256_file
 
 OUTPUT = "pd"
 MIN_OPSET = 17
@@ -174,6 +175,6 @@ def export_onnx(
         "max_abs_diff": worst,
         "rows": n,
         "opset": int(graph_opset),
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "sha256": sha256_file(path),
         "exporter": exporter,
     }

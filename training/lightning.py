@@ -32,17 +32,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchmetrics
-import yaml
+from govrisk.data.features import FeatureSet
+from govrisk.training.nets import Calibrated, CnnNetConfig, TabularNetConfig, build_net
 from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from pydantic import Field, ValidationError
+from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchmetrics.classification import BinaryAUROC, BinaryROC
 
-from data.features import FeatureSet
-from govrisk.paths import StrictModel, config_path
-from training.nets import Calibrated, CnnNetConfig, TabularNetConfig, build_net
+from govrisk.core.config import StrictModel, config_path, read_yaml, validate
 
 MONITOR = "val/auroc"
 
@@ -98,16 +97,13 @@ def load_model_config(name_or_path: str | Path, kind: str | None = None) -> Mode
     The kind comes from `kind`, else the file's `kind:` key, else its stem ("cnn" / "tabular").
     """
     path = config_path("model", name_or_path)
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path)
     kind = kind or raw.get("kind") or Path(path).stem
     if kind not in _CONFIGS:
         raise ValueError(
             f"{path}: cannot tell the model kind ({kind=!r}); add `kind: cnn` or `kind: tabular`"
         )
-    try:
-        return _CONFIGS[kind].model_validate(raw)
-    except ValidationError as e:
-        raise ValueError(f"invalid model config {path}:\n{e}") from None
+    return validate(_CONFIGS[kind], raw, what=f"model config {path}")
 
 
 # --- metrics ------------------------------------------------------------------------------------------

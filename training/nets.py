@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from govrisk.paths import StrictModel
+from govrisk.core.config import StrictModel
 
 MAX_FIT_ROWS = 1_000_000
 Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]

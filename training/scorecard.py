@@ -42,8 +42,8 @@ from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from govrisk.paths import StrictModel, load_config
-from govrisk.reasons import reasons_from_points  # re-exported: serving imports it from govrisk
+from govrisk.core.config import StrictModel, load_config
+from govrisk.core.reasons import reasons_from_points  # re-exported: serving imports it from govrisk
 
 ONNX_OPSET = 17
 ONNX_CHECK_ROWS = 10_000

@@ -7,7 +7,6 @@ parity -> metrics of the exported model on every split -> a self-describing run 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import pickle
@@ -21,15 +20,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from govrisk.data.features import FeatureBuilder, FeatureSet, month_number
+from govrisk.data.store import Dataset, read_dataset, read_manifest, verify_hash
+from govrisk.training.config import DataSpec, ExperimentConfig, SplitSpec, resolved_dict
+from govrisk.training.metrics import evaluate
 from pydantic import BaseModel
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from data.features import FeatureBuilder, FeatureSet, month_number
-from data.store import Dataset, read_dataset, read_manifest, verify_hash
-from govrisk.paths import work_dir
-from training.config import DataSpec, ExperimentConfig, SplitSpec, resolved_dict
-from training.metrics import evaluate
-from training.registry import lineage, register, sha256_file
+from govrisk.core.config import work_dir
+from govrisk.core.hashing import sha256_file, sha256_json
+from govrisk.core.registry import lineage, register
 
 RUN_DIR_ENV = "GOVRISK_RUN_DIR"
 
@@ -51,7 +51,7 @@ def dataset_path(spec: DataSpec) -> Path:
         g = spec.generate
         path = root / f"{g.config}-{g.applicants}-s{g.seed}{'-drift' if g.drift else ''}"
         if not (path / "manifest.json").exists():
-            from data.synthetic import generate, load_generator_config
+            from govrisk.data.synthetic import generate, load_generator_config
 
             # Another worker may finish the same dataset first: same seed, same bytes, keep theirs.
             with contextlib.suppress(FileExistsError):
@@ -66,7 +66,7 @@ def dataset_path(spec: DataSpec) -> Path:
         return path
     path = root / "taiwan"
     if not (path / "manifest.json").exists():
-        from data.taiwan import import_taiwan
+        from govrisk.data.taiwan import import_taiwan
 
         with contextlib.suppress(FileExistsError):
             import_taiwan(Path(spec.import_taiwan), out=path)
@@ -145,10 +145,6 @@ def prepare(cfg: ExperimentConfig) -> tuple[Dataset, str, dict[str, np.ndarray],
     return prepared
 
 
-def _config_hash(resolved: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()
-
-
 def _onnx_predict(path: Path, fs: FeatureSet, input_names: list[str]) -> np.ndarray:
     """Probabilities of the exported model: the figures describe what serving will run."""
     import onnxruntime as ort
@@ -170,7 +166,7 @@ def _fit_scorecard(
     run_dir: Path,
     cfg: ExperimentConfig,
 ) -> tuple[dict[str, Any], list[str]]:
-    from training.scorecard import Scorecard, export_onnx
+    from govrisk.training.scorecard import Scorecard, export_onnx
 
     card = Scorecard.fit(
         parts["train"].raw,
@@ -200,9 +196,8 @@ def _fit_net(
     strategy: str,
 ) -> tuple[dict[str, Any], list[str]]:
     import torch
-
-    from training.export import export_onnx
-    from training.lightning import fit_net
+    from govrisk.training.export import export_onnx
+    from govrisk.training.lightning import fit_net
 
     fit = fit_net(
         params,
@@ -270,7 +265,7 @@ def train(
     kind = cfg.model.kind
     callbacks = callbacks or []
     resolved = resolved_dict(cfg, params)
-    config_hash = _config_hash(resolved)
+    config_hash = sha256_json(resolved)
 
     ds, data_hash, rows, builder, features = prepare(cfg)
     parts = {name: features.take(r) for name, r in rows.items()}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, model_validator
 
-from govrisk.paths import StrictModel, load_config
+from govrisk.core.config import StrictModel, load_config
 
 
 class Grade(StrictModel):

@@ -1,8 +1,8 @@
 """A small simulated decision system: applicants from a freshly generated county, sent to /score.
 
-    python -m serving.decision_system --start-server   # starts `bentoml serve`, scores, stops it
-    python -m serving.decision_system --url http://127.0.0.1:3000 --api-key KEY
-    python -m serving.decision_system --start-server --batch 5000 --batch-data runs/data/live-county
+    python -m devtools.decision_system --start-server   # starts `bentoml serve`, scores, stops it
+    python -m devtools.decision_system --url http://127.0.0.1:3000 --api-key KEY
+    python -m devtools.decision_system --start-server --batch 5000 --batch-data runs/data/live-county
 
 Step 9 of `make demo`; with --batch it also sends a whole county through /score_batch, the live
 population that `govrisk monitor live` later judges (step 10).
@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 import httpx
+from govrisk.data.store import read_dataset
+from govrisk.data.synthetic import generate, load_generator_config
+from govrisk.serving.config import load_serving_config
 
-from data.store import read_dataset
-from data.synthetic import generate, load_generator_config
-from govrisk.paths import CONFIGS, work_dir
-from serving.client import request_bodies
-from serving.config import load_serving_config
-from serving.launcher import API_KEY, Server
+from devtools.client import request_bodies
+from devtools.launcher import API_KEY, Server
+from govrisk.core.config import config_path, work_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--start-server", action="store_true", help="start `bentoml serve` for the run, then stop it"
     )
-    ap.add_argument("--config", default=str(CONFIGS / "serving" / "default.yaml"), help="serving config")
+    ap.add_argument("--config", default=str(config_path("serving", "default")), help="serving config")
     ap.add_argument("--api-key", default=os.environ.get("GOVRISK_DEMO_KEY", API_KEY))
     ap.add_argument("--applicants", type=int, default=5)
     ap.add_argument("--seed", type=int, default=11)

@@ -1,6 +1,6 @@
 """Request bodies from a dataset, and a small HTTP client: what a decision system sends.
 
-Used by the simulated decision system (`python -m serving.decision_system`), the tests and the bench.
+Used by the simulated decision system (`python -m devtools.decision_system`), the tests and the bench.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from data.contract import MONTH
-from data.store import Dataset
+from govrisk.data.contract import MONTH
+from govrisk.data.store import Dataset
 
 
 def _json_value(v: Any) -> Any:

@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import yaml
 
-from govrisk.paths import REPO_ROOT, work_dir
+from govrisk.core.config import work_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 API_KEY = "demo-key-0123456789"  # the demo's and tests' key; never a production key
 
@@ -27,7 +29,7 @@ def free_port() -> int:
 
 
 class Server:
-    """`bentoml serve serving.service:Scoring` in its own process group, on a free loopback port.
+    """`bentoml serve govrisk.serving.service:Scoring` in its own process group, on a free loopback port.
 
     `service`: another BentoML service to serve the same way (bench/serving_floor.py's no-op one).
     """
@@ -39,7 +41,7 @@ class Server:
         *,
         api_keys: str = API_KEY,
         port: int | None = None,
-        service: str = "serving.service:Scoring",
+        service: str = "govrisk.serving.service:Scoring",
     ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder

@@ -7,7 +7,6 @@ records the ONNX file's sha256 so that anything loading it can refuse a file tha
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -17,7 +16,8 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from govrisk.paths import REPO_ROOT, work_dir
+from govrisk.core.config import work_dir
+from govrisk.core.hashing import sha256_file
 
 PROJECT_LABEL = "govrisk"
 KEY_METRICS = ("val/auroc", "oot/auroc", "oot/ks", "oot/brier")
@@ -29,14 +29,6 @@ PACKAGES = ("govrisk", "numpy", "pandas", "pyarrow", "scikit-learn", "optbinning
 
 class TamperedModelError(RuntimeError):
     """A model file's sha256 differs from the one recorded when it was registered."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_file(path: str | Path, expected_sha256: str) -> None:
@@ -57,14 +49,18 @@ def _bentoml() -> Any:
 
 
 def git_commit() -> str:
-    """HEAD of the checkout this code runs from, with '+dirty' when there are uncommitted changes."""
+    """HEAD of the checkout this code runs from, with '+dirty' when there are uncommitted changes;
+    'installed' when govrisk runs from an installed wheel rather than a checkout."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return "installed"
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
             check=True,

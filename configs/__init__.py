@@ -1,0 +1,1 @@
+"""The packaged default configs (YAML only): the last place the config search path looks."""
