@@ -80,8 +80,7 @@ def describe(path: Path, *, seed: int = 0) -> dict[str, Any]:
 
     # Plain logistic regression on simple 12-month aggregates, scored on a random holdout.
     lookback = max(PLAIN_WINDOW, 1)
-    config_name = contract.name
-    builder = FeatureBuilder.from_config(config_name)
+    builder = FeatureBuilder.from_config(contract.name, contract=contract)
     if builder.config.lookback_months < lookback:
         builder = FeatureBuilder(
             config=FeatureConfig.model_validate(builder.config.model_dump() | {"lookback_months": lookback}),

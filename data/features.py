@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +33,7 @@ import pandas as pd
 from govrisk.data.contract import MONTH, ColumnSpec, Contract, load_contract
 from pydantic import Field, model_validator
 
-from govrisk.core.config import StrictModel, load_config
+from govrisk.core.config import StrictModel, is_path, load_config
 
 SCHEMA_VERSION = 1
 UNKNOWN = "__unknown__"
@@ -93,6 +93,18 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return len(self.applicant_ids)
+
+    def model_inputs(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The arrays an exported model takes, by its ONNX input names (`raw`, `sequence`, `static`)."""
+        arrays = {}
+        for name in names:
+            if name == "raw":
+                arrays[name] = self.raw.to_numpy(dtype=np.float64)
+            elif name in ("sequence", "static"):
+                arrays[name] = getattr(self, name)
+            else:
+                raise ValueError(f"unknown model input {name!r}; inputs are raw, sequence, static")
+        return arrays
 
     def take(self, idx: np.ndarray) -> FeatureSet:
         """Rows `idx` (an index or boolean mask) of every array."""
@@ -249,7 +261,8 @@ class FeatureBuilder:
     """Fits and applies the feature transforms of one contract; see the module docstring."""
 
     def __init__(self, *, config: FeatureConfig, contract: Contract, batch_size: int = 50_000) -> None:
-        if config.contract != contract.name:
+        # A contract given as a path is checked when loaded; a name must be the contract's own.
+        if not is_path(config.contract) and config.contract != contract.name:
             raise ValueError(f"feature config is for contract {config.contract!r}, got {contract.name!r}")
         self.config = config
         self.contract = contract
@@ -259,9 +272,13 @@ class FeatureBuilder:
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, name_or_path: str | Path, **overrides: Any) -> FeatureBuilder:
+    def from_config(
+        cls, name_or_path: str | Path, *, contract: Contract | None = None, **overrides: Any
+    ) -> FeatureBuilder:
+        """From a features config. `contract`: a dataset's own (its manifest carries it in full), so
+        the contract file named by the config is not needed again; else the config's `contract`."""
         config = load_feature_config(name_or_path, **overrides)
-        return cls(config=config, contract=load_contract(config.contract))
+        return cls(config=config, contract=contract or load_contract(config.contract))
 
     @classmethod
     def from_schema(cls, schema: dict[str, Any] | str | Path) -> FeatureBuilder:

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from govrisk.core.config import KINDS, config_path, list_configs
+
 app = typer.Typer(
     help="govrisk: credit risk for small businesses, sole proprietors and farmers from government records.",
     no_args_is_help=True,
@@ -21,12 +23,57 @@ data_import = typer.Typer(help="Map real data onto the record contract.", no_arg
 models_app = typer.Typer(
     help="The model registry (BentoML's model store in the work folder).", no_args_is_help=True
 )
+config_app = typer.Typer(
+    help="Configs on the search path: ./configs, then $GOVRISK_CONFIG_PATH, then the packaged defaults.",
+    no_args_is_help=True,
+)
+app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 data_app.add_typer(data_import, name="import")
 console = Console(stderr=True)
 # Piped output (logs, CI, tests) is not a terminal: give tables room instead of rich's 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 160)
+
+
+@config_app.command("list")
+def config_list(
+    kind: Annotated[str | None, typer.Argument(help=f"Only this kind: {', '.join(KINDS)}.")] = None,
+) -> None:
+    """Every config on the search path, and which file wins for each name.
+
+    Example: govrisk config list contract
+    """
+    try:
+        entries = list_configs(kind)
+    except ValueError as e:
+        console.print(f"[red]error[/red]: {e}")
+        raise typer.Exit(2) from None
+    table = Table(title=f"{sum(not e.shadowed for e in entries)} configs")
+    for col in ("kind", "name", "source", "path"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        source = f"{e.source} (shadowed)" if e.shadowed else e.source
+        table.add_row(e.kind, e.name, source, str(e.path), style="dim" if e.shadowed else None)
+    out.print(table)
+
+
+@config_app.command("show")
+def config_show(
+    kind: Annotated[str, typer.Argument(help=f"Config kind: {', '.join(KINDS)}.")],
+    name: Annotated[str, typer.Argument(help="Config name, or a YAML path.")],
+) -> None:
+    """Print the file that `KIND NAME` resolves to, and its text.
+
+    Example: govrisk config show serving default
+    """
+    try:
+        path = config_path(kind, name)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error[/red]: {e}")
+        raise typer.Exit(2) from None
+    print(f"# {kind}/{name}: {path}")  # a YAML comment: the output stays a valid YAML file
+    print(path.read_text(), end="")
 
 
 @data_app.command("generate")

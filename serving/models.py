@@ -1,25 +1,25 @@
 """Registered models as onnxruntime sessions, with the feature schema that travelled with each.
 
-Loading re-hashes the exact ONNX bytes handed to onnxruntime and compares them with the sha256
-recorded at registration, so a file swapped after the check cannot be served. Nothing here imports
+Loading goes through `govrisk.core.onnx.OnnxGraph`, which re-hashes the exact bytes handed to
+onnxruntime against the sha256 recorded at registration. Nothing here imports
 torch, Lightning, optbinning or onnx: serving is onnxruntime plus the shared FeatureBuilder.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import yaml
 from govrisk.data.features import FeatureBuilder, FeatureSet
 
+from govrisk.core.hashing import sha256_bytes
+from govrisk.core.onnx import OnnxGraph
 from govrisk.core.reasons import reasons_from_points
-from govrisk.core.registry import TamperedModelError, model_path
+from govrisk.core.registry import model_path
 
 
 @dataclass
@@ -45,32 +45,21 @@ class LoadedModel:
             assert folder is not None
             meta = {"kind": yaml.safe_load((folder / "config.yaml").read_text())["model"]["kind"]}
             expected = json.loads((folder / "metrics.json").read_text())["onnx"]["sha256"]
-        data = (folder / "model.onnx").read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != expected:
-            raise TamperedModelError(
-                f"{tag or folder}: model.onnx sha256 {digest} != registered {expected}; refusing to serve it"
-            )
+        self.graph = OnnxGraph(
+            folder / "model.onnx", threads=threads, expected_sha256=expected, name=tag or str(folder)
+        )
         self.folder = folder
         self.name = folder.parent.name
         self.version = folder.name
         self.tag = f"{self.name}:{self.version}"  # resolved: never 'latest' in a decision record
         self.kind: str = meta["kind"]
-        self.sha256 = digest
-        report = json.loads((folder / "metrics.json").read_text())
-        self.inputs: list[str] = list(report["onnx"]["inputs"])
+        self.sha256 = self.graph.sha256
+        self.inputs: list[str] = self.graph.inputs
         schema_text = (folder / "feature_schema.json").read_text()
         # Two models with the same schema share one transform per request (see Scorer).
-        self.schema_digest = hashlib.sha256(schema_text.encode()).hexdigest()
+        self.schema_digest = sha256_bytes(schema_text.encode())
         self.builder = FeatureBuilder.from_schema(json.loads(schema_text))
-        opts = ort.SessionOptions()
-        # One applicant is a few hundred multiply-adds: extra threads only add hand-offs, and the
-        # server's cores are better spent on concurrent requests.
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
-        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.outputs = self.graph.outputs
         self.reason_table: list[dict[str, Any]] | None = None
         if (folder / "reason_codes.json").exists():
             self.reason_table = json.loads((folder / "reason_codes.json").read_text())["characteristics"]
@@ -78,23 +67,8 @@ class LoadedModel:
     def predict(self, fs: FeatureSet, *, batch_size: int | None = None) -> ModelOutput:
         """PDs (and a scorecard's score and points) of every row; `batch_size` rows per onnxruntime
         call (cache-sized batches score a large book fastest; it never changes a value)."""
-        arrays = {}
-        for name in self.inputs:
-            if name == "raw":
-                arrays[name] = fs.raw.to_numpy(dtype=np.float64)
-            elif name == "sequence":
-                arrays[name] = fs.sequence
-            elif name == "static":
-                arrays[name] = fs.static
-            else:
-                raise ValueError(f"{self.tag}: unknown ONNX input {name!r}")
         wanted = [o for o in ("pd", "score", "points") if o in self.outputs]
-        step = batch_size or max(len(fs), 1)
-        parts = [
-            self.session.run(wanted, {k: x[i : i + step] for k, x in arrays.items()})
-            for i in range(0, len(fs), step)
-        ] or [self.session.run(wanted, arrays)]
-        got = {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(wanted)}
+        got = self.graph.run(fs.model_inputs(self.inputs), wanted, batch_size=batch_size)
         return ModelOutput(
             pd=np.asarray(got["pd"], dtype=np.float64).reshape(-1),
             score=None if "score" not in got else np.asarray(got["score"], dtype=np.float64).reshape(-1),

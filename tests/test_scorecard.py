@@ -16,16 +16,16 @@ from govrisk.data.features import FeatureBuilder, FeatureSet
 from govrisk.data.store import read_dataset
 from govrisk.data.synthetic import generate, load_generator_config
 from govrisk.training.scorecard import (
-    OnnxParityError,
     Scorecard,
     ScorecardConfig,
-    export_onnx,
+    export_scorecard,
     load_scorecard_config,
     reasons_from_points,
 )
 from sklearn.metrics import roc_auc_score
 
 from govrisk.core.config import config_path
+from govrisk.core.onnx import OnnxParityError
 
 CUTOFF = pd.Timestamp("2023-01-01")  # train on applications before, hold out those after
 
@@ -212,7 +212,7 @@ def test_onnx_parity_on_real_and_awkward_rows(
     )
     assert not np.array_equal(t.apply(t.splits), t.apply(np.nextafter(t.splits, -np.inf)))
 
-    report = export_onnx(card, tmp_path / "scorecard.onnx", rows)
+    report = export_scorecard(card, tmp_path / "scorecard.onnx", rows)
     assert report["rows"] == len(rows) and report["max_abs_diff"] <= 1e-12
     out = _onnx_run(card, rows)
     np.testing.assert_allclose(out["pd"], card.predict_proba(rows), rtol=0, atol=1e-12)
@@ -244,10 +244,10 @@ def test_tampered_threshold_breaks_parity(card: Scorecard, county, tmp_path: Pat
     # The smallest possible move: only a value exactly at the split changes bin ([a, b) -> (a, b]).
     tampered.tables[name].splits[k] = np.nextafter(tampered.tables[name].splits[k], np.inf)
     path = tmp_path / "tampered.onnx"
-    with pytest.raises(OnnxParityError, match=r"max \|Δpd\| = .* at row \d+"):
-        export_onnx(tampered, path, rows)
+    with pytest.raises(OnnxParityError, match=r"scorecard pd: ONNX vs reference max \|Δ\| = .* at row \d+"):
+        export_scorecard(tampered, path, rows)
     assert not path.exists(), "a model that fails parity must not be written"
-    assert export_onnx(card, path, rows)["max_abs_diff"] <= 1e-12
+    assert export_scorecard(card, path, rows)["max_abs_diff"] <= 1e-12
 
 
 def test_table_is_the_scorecard(card: Scorecard, county) -> None:
@@ -308,7 +308,7 @@ def test_single_bin_characteristic_and_unseen_categories_in_the_graph(
         {"income": [np.nan, 50.0, 50.0], "filed": [1.0, np.nan, 7.0], "sector": [7.0, np.nan, -1.0]}
     )
     check = pd.concat([raw, odd], ignore_index=True)
-    assert export_onnx(card, tmp_path / "m.onnx", check)["max_abs_diff"] <= 1e-12
+    assert export_scorecard(card, tmp_path / "m.onnx", check)["max_abs_diff"] <= 1e-12
     np.testing.assert_allclose(
         _onnx_run(card, check)["points"], card.characteristic_points(check).to_numpy(), atol=1e-9
     )

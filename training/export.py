@@ -22,19 +22,15 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from govrisk.core.hashing import sha256_file
+from govrisk.core.onnx import OnnxGraph, OnnxParityError, compare
 
 OUTPUT = "pd"
 MIN_OPSET = 17
 MAX_CHECK_ROWS = 10_000
-
-
-class OnnxParityError(RuntimeError):
-    """The ONNX graph and the PyTorch module disagree by more than the tolerance."""
 
 
 def _torchscript_export(module: nn.Module, args: tuple, path: Path, names: list[str], opset: int) -> None:
@@ -73,19 +69,13 @@ def _dynamo_export(module: nn.Module, args: tuple, path: Path, names: list[str],
     program.save(str(path))
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1  # deterministic and polite on a shared box; parity, not speed
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def _torch_pd(module: nn.Module, inputs: Sequence[np.ndarray]) -> np.ndarray:
     with torch.inference_mode():
         out = module(*(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in inputs))
     return out.double().numpy().reshape(-1)
 
 
-def export_onnx(
+def export_net(
     module: nn.Module,
     example_inputs: tuple[torch.Tensor, ...],
     path: str | Path,
@@ -98,7 +88,7 @@ def export_onnx(
     """Export `module` (eval mode; output [N] probability) to ONNX at `path` and verify it.
 
     Returns {"max_abs_diff", "rows", "opset", "sha256", "exporter"}; raises OnnxParityError naming
-    the worst |Δ probability| if onnxruntime and PyTorch differ by more than `atol` on `check_inputs`
+    the worst row's |Δ probability| if onnxruntime and PyTorch differ by more than `atol` on `check_inputs`
     (float32 arrays, one per input, at most 10,000 rows), or if the batch dimension is not dynamic.
     """
     path = Path(path)
@@ -142,10 +132,9 @@ def export_onnx(
         model = onnx.load(str(path))
         graph_opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
-        sess = _session(path)
-        out_names = [o.name for o in sess.get_outputs()]
-        if out_names != [OUTPUT]:
-            raise OnnxParityError(f"graph outputs {out_names}, expected [{OUTPUT!r}]")
+        graph = OnnxGraph(path)
+        if graph.outputs != [OUTPUT]:
+            raise OnnxParityError(f"graph outputs {graph.outputs}, expected [{OUTPUT!r}]")
         worst = 0.0
         # Batch 1 and the full check set: a graph with a frozen batch size fails one of the two.
         for lo, hi in ((0, 1), (0, n)):
@@ -153,22 +142,9 @@ def export_onnx(
                 k: np.ascontiguousarray(x[lo:hi], dtype=np.float32)
                 for k, x in zip(names, check_inputs, strict=True)
             }
-            got = sess.run([OUTPUT], feed)[0].astype(np.float64).reshape(-1)
+            got = graph.run(feed, [OUTPUT])[OUTPUT]
             want = _torch_pd(module, [feed[k] for k in names])
-            if got.shape != want.shape:
-                raise OnnxParityError(
-                    f"batch {hi - lo}: onnx {got.shape=} vs torch {want.shape=} (batch dim not dynamic?)"
-                )
-            diff = np.abs(got - want)
-            if not np.isfinite(diff).all():
-                raise OnnxParityError(
-                    f"batch {hi - lo}: non-finite output in {int((~np.isfinite(diff)).sum())} rows"
-                )
-            worst = max(worst, float(diff.max()))
-        if worst > atol:
-            raise OnnxParityError(
-                f"ONNX vs PyTorch max |Δ probability| = {worst:.3g} > {atol=} on {n} rows ({path})"
-            )
+            worst = max(worst, compare(got, want, atol=atol, what=f"{path} probability, batch {hi - lo}"))
     finally:
         module.train(was_training)
     return {

@@ -43,6 +43,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from govrisk.core.config import StrictModel, load_config
+from govrisk.core.onnx import OnnxGraph, compare
 from govrisk.core.reasons import reasons_from_points  # re-exported: serving imports it from govrisk
 
 ONNX_OPSET = 17
@@ -244,10 +245,6 @@ def _as_frame(raw: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
             f"raw is missing {len(missing)} characteristic(s) the scorecard needs: {missing[:5]}"
         )
     return raw
-
-
-class OnnxParityError(RuntimeError):
-    """The exported graph does not reproduce `Scorecard.predict_proba`."""
 
 
 class Scorecard:
@@ -712,37 +709,25 @@ def _build_onnx(card: Scorecard, input_dtype: str) -> onnx.ModelProto:
     return model
 
 
-def export_onnx(
+def export_scorecard(
     card: Scorecard, path: str | Path, check_raw: pd.DataFrame, *, atol: float = 1e-5
 ) -> dict[str, Any]:
     """Write `card.to_onnx()` to `path` after checking it with onnxruntime against `predict_proba` on
     the first 10,000 rows of `check_raw`; raises `OnnxParityError` (max |Δ|, row) beyond `atol`."""
-    import onnxruntime as ort
-
     check = _as_frame(check_raw, card.raw_features).iloc[:ONNX_CHECK_ROWS]
     if len(check) == 0:
         raise ValueError("check_raw has no rows: parity cannot be checked")
     model = card.to_onnx()
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = check[card.raw_features].to_numpy(dtype=np.float64)
-    pd_onnx, score_onnx, points_onnx = sess.run(["pd", "score", "points"], {"raw": x})
-    pd_ref = card.predict_proba(check)
-    diff = np.abs(pd_onnx - pd_ref)
-    diff = np.where(np.isnan(diff), np.inf, diff)  # a NaN on either side is a failure, not a pass
-    worst = int(np.argmax(diff))
-    if diff[worst] > atol:
-        raise OnnxParityError(
-            f"ONNX scorecard disagrees with predict_proba: max |Δpd| = {diff[worst]:.3g} > atol={atol:g} at row "
-            f"{worst} (index {check.index[worst]!r}): onnx {pd_onnx[worst]!r} vs python {pd_ref[worst]!r}; "
-            f"{int((diff > atol).sum())} of {len(diff)} rows differ"
-        )
-    score_diff = float(np.max(np.abs(score_onnx - card.points(check))))
-    points_diff = float(np.max(np.abs(points_onnx - card.characteristic_points(check).to_numpy())))
+    graph = OnnxGraph(model.SerializeToString(), name=f"scorecard {path}")
+    got = graph.run({"raw": check[card.raw_features].to_numpy(dtype=np.float64)}, ["pd", "score", "points"])
+    pd_diff = compare(got["pd"], card.predict_proba(check), atol=atol, what="scorecard pd")
+    score_diff = float(np.max(np.abs(got["score"] - card.points(check))))
+    points_diff = float(np.max(np.abs(got["points"] - card.characteristic_points(check).to_numpy())))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, path)
     return {
-        "max_abs_diff": float(diff[worst]),
+        "max_abs_diff": pd_diff,
         "max_abs_score_diff": score_diff,
         "max_abs_points_diff": points_diff,
         "rows": len(check),

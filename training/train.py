@@ -28,7 +28,8 @@ from pydantic import BaseModel
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from govrisk.core.config import work_dir
-from govrisk.core.hashing import sha256_file, sha256_json
+from govrisk.core.hashing import sha256_json
+from govrisk.core.onnx import OnnxGraph
 from govrisk.core.registry import lineage, register
 
 RUN_DIR_ENV = "GOVRISK_RUN_DIR"
@@ -136,26 +137,13 @@ def prepare(cfg: ExperimentConfig) -> tuple[Dataset, str, dict[str, np.ndarray],
     ds, data_hash = load_data(cfg.data)
     rows = split_indices(ds, cfg.split)
     a = ds.applicants
-    builder = FeatureBuilder.from_config(cfg.data.features).fit(
+    builder = FeatureBuilder.from_config(cfg.data.features, contract=ds.contract).fit(
         a.iloc[rows["train"]].reset_index(drop=True), ds.monthly
     )
     prepared = ds, data_hash, rows, builder, builder.transform(a, ds.monthly)
     if _PREPARED is not None:
         _PREPARED[key] = prepared
     return prepared
-
-
-def _onnx_predict(path: Path, fs: FeatureSet, input_names: list[str]) -> np.ndarray:
-    """Probabilities of the exported model: the figures describe what serving will run."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    arrays = {"raw": fs.raw.to_numpy(dtype=np.float64), "sequence": fs.sequence, "static": fs.static}
-    out = []
-    for start in range(0, len(fs), 20_000):
-        feeds = {k: arrays[k][start : start + 20_000] for k in input_names}
-        out.append(sess.run(["pd"], feeds)[0].reshape(-1))
-    return np.concatenate(out).astype(np.float64)
 
 
 def _fit_scorecard(
@@ -166,7 +154,7 @@ def _fit_scorecard(
     run_dir: Path,
     cfg: ExperimentConfig,
 ) -> tuple[dict[str, Any], list[str]]:
-    from govrisk.training.scorecard import Scorecard, export_onnx
+    from govrisk.training.scorecard import Scorecard, export_scorecard
 
     card = Scorecard.fit(
         parts["train"].raw,
@@ -175,7 +163,7 @@ def _fit_scorecard(
         config=params,
         vocabulary=builder.fitted["vocab"],
     )
-    parity = export_onnx(card, run_dir / "model.onnx", check.raw, atol=cfg.parity_atol)
+    parity = export_scorecard(card, run_dir / "model.onnx", check.raw, atol=cfg.parity_atol)
     with open(run_dir / "scorecard.pkl", "wb") as f:
         pickle.dump(card, f)
     card.table().to_csv(run_dir / "scorecard.csv", index=False)
@@ -196,7 +184,7 @@ def _fit_net(
     strategy: str,
 ) -> tuple[dict[str, Any], list[str]]:
     import torch
-    from govrisk.training.export import export_onnx
+    from govrisk.training.export import export_net
     from govrisk.training.lightning import fit_net
 
     fit = fit_net(
@@ -213,7 +201,7 @@ def _fit_net(
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:
         return {"max_abs_diff": float("nan"), "rows": 0}, names  # export and files are rank 0's
     example = tuple(torch.from_numpy(getattr(check, k)[:2]) for k in names)
-    parity = export_onnx(
+    parity = export_net(
         fit.calibrated,
         example,
         run_dir / "model.onnx",
@@ -287,14 +275,15 @@ def train(
             return RunResult(run_dir=run_dir, metrics={}, tag=None, onnx_parity=parity)  # rank 0 reports
 
         metrics: dict[str, float] = {}
+        graph = OnnxGraph(run_dir / "model.onnx", threads=0)
         for name, fs in parts.items():
-            metrics |= evaluate(fs.labels, _onnx_predict(run_dir / "model.onnx", fs, input_names), name)
+            metrics |= evaluate(fs.labels, onnx_pd(graph, fs), name)
         report = {
             "model": kind,
             "metrics": metrics,
             "fit_seconds": fit_seconds,
             "total_seconds": time.perf_counter() - t0,
-            "onnx": parity | {"sha256": sha256_file(run_dir / "model.onnx"), "inputs": input_names},
+            "onnx": parity | {"sha256": graph.sha256, "inputs": input_names},
             "splits": {name: len(r) for name, r in rows.items()},
         }
         (run_dir / "metrics.json").write_text(json.dumps(report, indent=1))
@@ -313,4 +302,13 @@ def predictions(run_dir: Path, applicants: pd.DataFrame, monthly: dict[str, pd.D
     """Batch scores of a run's exported model: features from its schema, then onnxruntime."""
     report = json.loads((run_dir / "metrics.json").read_text())
     fs = FeatureBuilder.from_schema(run_dir / "feature_schema.json").transform(applicants, monthly)
-    return _onnx_predict(run_dir / "model.onnx", fs, report["onnx"]["inputs"])
+    return onnx_pd(OnnxGraph(run_dir / "model.onnx", expected_sha256=report["onnx"]["sha256"]), fs)
+
+
+def onnx_pd(graph: OnnxGraph, fs: FeatureSet) -> np.ndarray:
+    """PDs of the exported graph: the figures describe what serving will run."""
+    return (
+        graph.run(fs.model_inputs(graph.inputs), ["pd"], batch_size=20_000)["pd"]
+        .astype(np.float64)
+        .reshape(-1)
+    )
