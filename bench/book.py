@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from govrisk.core.config import work_dir
 from govrisk.data.outcomes import play_forward
 from govrisk.data.store import read_dataset
 from govrisk.data.synthetic import generate, load_generator_config
@@ -41,8 +42,6 @@ from govrisk.monitoring.config import load_monitoring_config
 from govrisk.research.report import resolve_model
 from govrisk.serving.engine import applicant_hash
 from govrisk.serving.models import LoadedModel
-
-from govrisk.core.config import work_dir
 
 BUDGET_S = 120.0
 MONTHS_ON_BOOK = 6

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
+from govrisk.core.config import config_path
 from govrisk.data.features import FeatureBuilder
 from govrisk.data.store import read_table
 from govrisk.training.config import apply_overrides, experiment_from_dict
 from govrisk.training.metrics import evaluate
 from govrisk.training.train import load_data, prepare, split_indices, train
-
-from govrisk.core.config import config_path
 
 MODELS = ("scorecard", "tabular", "cnn")
 LGBM = {"n_estimators": 2000, "learning_rate": 0.03, "num_leaves": 31, "min_child_samples": 50,
@@ -110,6 +110,7 @@ def taiwan(models: list[str], settings: dict[str, list[str]], folds: int = 5) ->
 def cnn_epoch_seconds(overrides: Sequence[str], n: int = 100_000) -> float:
     """Wall time of one training epoch of the CNN (as configured, with `overrides`) over n applicants x 24 months."""
     import lightning as L
+
     from govrisk.training.lightning import RiskDataModule, RiskModule
     from govrisk.training.nets import build_net
 

@@ -30,11 +30,12 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from model_quality import experiment
+
 from govrisk.data.features import FeatureBuilder, month_number
 from govrisk.data.store import Dataset, read_table
 from govrisk.training.config import experiment_from_dict
 from govrisk.training.train import predictions, prepare
-from model_quality import experiment
 
 HALF_LIFE = 4.0  # months: the generator's recency weighting of stress events
 LGBM = {"n_estimators": 3000, "learning_rate": 0.02, "num_leaves": 15, "min_child_samples": 100,

@@ -29,11 +29,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from govrisk.data.store import read_dataset
-
 from devtools.client import request_bodies
 from devtools.launcher import API_KEY, Server
 from govrisk.core.config import work_dir
+from govrisk.data.store import read_dataset
 
 RESULTS: list[tuple[str, str, str, bool]] = []
 
@@ -228,9 +227,8 @@ def main() -> int:
     server = Server(folder, cfg).start()
     try:
         # 1. parity
-        from govrisk.training.train import predictions
-
         from govrisk.core.registry import model_path
+        from govrisk.training.train import predictions
 
         ids_bodies = bodies[:1000]
         online = []

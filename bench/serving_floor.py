@@ -56,11 +56,10 @@ def main() -> None:
     spec.loader.exec_module(bench_serving)
     open_loop = bench_serving.open_loop
 
-    from govrisk.data.store import read_dataset
-
     from devtools.client import request_bodies
     from devtools.launcher import Server
     from govrisk.core.config import work_dir
+    from govrisk.data.store import read_dataset
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2)

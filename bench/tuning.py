@@ -19,11 +19,10 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from govrisk.core.config import work_dir
 from govrisk.research.tune import StudySpec, load_search_space, study_report
 from govrisk.training.config import load_experiment
 from govrisk.training.train import dataset_path
-
-from govrisk.core.config import work_dir
 
 
 def main() -> int:

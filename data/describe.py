@@ -12,9 +12,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from govrisk.data.features import FeatureBuilder, FeatureConfig
-from govrisk.data.store import read_dataset, read_table
-from govrisk.data.synthetic import TRUTH_TABLE
 from rich.console import Console
 from rich.table import Table
 from sklearn.linear_model import LogisticRegression
@@ -22,6 +19,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from govrisk.data.features import FeatureBuilder, FeatureConfig
+from govrisk.data.store import read_dataset, read_table
+from govrisk.data.synthetic import TRUTH_TABLE
 
 # Realism targets for a county of >= 100,000 applicants (issue: the synthetic county).
 TARGETS = {

@@ -30,10 +30,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from govrisk.data.contract import MONTH, ColumnSpec, Contract, load_contract
 from pydantic import Field, model_validator
 
 from govrisk.core.config import StrictModel, is_path, load_config
+from govrisk.data.contract import MONTH, ColumnSpec, Contract, load_contract
 
 SCHEMA_VERSION = 1
 UNKNOWN = "__unknown__"

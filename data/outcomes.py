@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from govrisk.data.contract import Contract
 from govrisk.data.store import DatasetWriter, read_manifest, read_table
 from govrisk.data.synthetic import (

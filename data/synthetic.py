@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from govrisk.data.contract import load_contract
-from govrisk.data.store import DatasetWriter
 from pydantic import Field, model_validator
 from rich.progress import Progress
 
 from govrisk.core.config import StrictModel, load_config
+from govrisk.data.contract import load_contract
+from govrisk.data.store import DatasetWriter
 
 TRUTH_TABLE = "truth"
 TRUTH_SCHEMA = pa.schema([pa.field("applicant_id", pa.string()), pa.field("true_pd", pa.float64())])

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from govrisk.core.hashing import sha256_file
 from govrisk.data.contract import MONTH, load_contract
 from govrisk.data.store import DatasetWriter
 from govrisk.data.validate import validate_tables
-
-from govrisk.core.hashing import sha256_file
 
 PUBLISHED_SHA256 = "420f0278ba235d05b0402a298a3c1e007bbb6bd722c8b234bb3b226847695244"
 APPLICATION_DATE = pd.Timestamp("2005-10-01")  # the label is the October 2005 payment

@@ -21,12 +21,13 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow.parquet as pq
-from govrisk.data.contract import MONTH, ColumnSpec, ColumnType, Contract, load_contract
-from govrisk.data.store import MANIFEST, read_manifest
 from pandera.api.pandas.types import is_field
 from pandera.backends.pandas.error_formatters import reshape_failure_cases
 from pandera.engines import pandas_engine
 from pandera.errors import ParserError, SchemaErrorReason, SchemaErrors
+
+from govrisk.data.contract import MONTH, ColumnSpec, ColumnType, Contract, load_contract
+from govrisk.data.store import MANIFEST, read_manifest
 
 MAX_ERRORS_PER_CHECK = 1000  # per (table, column, check); the total is still counted
 _TYPE_REASONS = {SchemaErrorReason.WRONG_DATATYPE, SchemaErrorReason.DATATYPE_COERCION}

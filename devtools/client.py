@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from govrisk.data.contract import MONTH
 from govrisk.data.store import Dataset
 

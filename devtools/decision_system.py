@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 import httpx
-from govrisk.data.store import read_dataset
-from govrisk.data.synthetic import generate, load_generator_config
-from govrisk.serving.config import load_serving_config
 
 from devtools.client import request_bodies
 from devtools.launcher import API_KEY, Server
 from govrisk.core.config import config_path, work_dir
+from govrisk.data.store import read_dataset
+from govrisk.data.synthetic import generate, load_generator_config
+from govrisk.serving.config import load_serving_config
 
 
 def main(argv: list[str] | None = None) -> int:

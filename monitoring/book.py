@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from govrisk.core.rating import MasterScale, load_master_scale
+from govrisk.core.reasons import SHORTFALL_EPS, reasons_from_points
 from govrisk.data.features import FeatureSet, month_number
 from govrisk.data.store import Dataset
 from govrisk.monitoring.config import BookConfig
 from govrisk.research.report import ROLES, ModelRef
 from govrisk.serving.models import LoadedModel, ModelOutput
-
-from govrisk.core.rating import MasterScale, load_master_scale
-from govrisk.core.reasons import SHORTFALL_EPS, reasons_from_points
 
 
 def as_of_months(

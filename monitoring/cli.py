@@ -134,6 +134,7 @@ def live_cmd(
 
     Example: govrisk monitor live --log runs/serving/decisions.parquet --outcomes runs/outcomes/live --out runs/reports/live
     """
+    from govrisk.core.registry import TamperedModelError
     from govrisk.data.outcomes import OutcomesError, read_outcomes
     from govrisk.data.store import read_manifest
     from govrisk.monitoring.config import load_monitoring_config
@@ -141,8 +142,6 @@ def live_cmd(
     from govrisk.research.governance import load_policy
     from govrisk.research.report import write_report
     from govrisk.serving.config import load_policy as load_credit_policy
-
-    from govrisk.core.registry import TamperedModelError
 
     try:
         mon = load_monitoring_config(config)
@@ -247,14 +246,14 @@ def book_cmd(
     Example: govrisk monitor book --data runs/data/live-county --outcomes runs/outcomes/live --as-of 2024-01 --out runs/book
     """
     import numpy as np
+
+    from govrisk.core.registry import TamperedModelError
     from govrisk.data.store import read_dataset, read_manifest
     from govrisk.monitoring.book import as_of_months, on_book, rescore_book, summarise, write_book
     from govrisk.monitoring.config import load_monitoring_config
     from govrisk.monitoring.decisions import first_decisions
     from govrisk.monitoring.live import application_index, application_keys, model_pair
     from govrisk.research.report import resolve_model
-
-    from govrisk.core.registry import TamperedModelError
 
     try:
         mon = load_monitoring_config(config)

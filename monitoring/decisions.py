@@ -24,6 +24,7 @@ def read_decisions(
     text = str(source)
     if "://" in text:
         import sqlalchemy as sa
+
         from govrisk.serving.decision_log import decisions_table, make_engine
 
         engine = make_engine(text)

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
+
 from govrisk.data.outcomes import mature
 from govrisk.data.store import Dataset, read_dataset, verify_hash
 from govrisk.monitoring.config import MonitoringConfig
@@ -37,7 +39,6 @@ from govrisk.research.report import (
     score_development,
     segment_groups,
 )
-from scipy import stats as sps
 
 FAILED_STATUSES = ("error", "timeout", "busy", "missing")  # the challenger was due but did not answer
 LATENCIES = ("total_ms", "features_ms", "champion_ms", "challenger_ms")

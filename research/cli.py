@@ -127,10 +127,9 @@ def report_cmd(
 
     Example: govrisk report --champion county-scorecard:latest --challenger county-cnn:latest --out runs/reports/county
     """
+    from govrisk.core.registry import TamperedModelError
     from govrisk.research.governance import load_policy
     from govrisk.research.report import build_report, write_report
-
-    from govrisk.core.registry import TamperedModelError
 
     if data is not None and not (data / "manifest.json").exists():
         raise _fail(f"--data {data}: not a dataset folder (no manifest.json)")
@@ -163,9 +162,8 @@ def promote_cmd(
 
     Example: govrisk promote county-cnn:latest --report runs/reports/county
     """
-    from govrisk.research.governance import PromotionRefused, champion_file, promote
-
     from govrisk.core.registry import TamperedModelError
+    from govrisk.research.governance import PromotionRefused, champion_file, promote
 
     try:
         entry = promote(model, report, override=override, reason=reason)

@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+
+from govrisk.core.rating import MasterScale, load_master_scale
 from govrisk.data.features import FeatureSet, month_number
 from govrisk.data.store import Dataset, read_dataset, verify_hash
 from govrisk.research import stats
 from govrisk.research.governance import Policy, SegmentPolicy, recommend
-
-from govrisk.core.rating import MasterScale, load_master_scale
 
 ROLES = ("champion", "challenger")
 

@@ -364,9 +364,10 @@ def make_objective(spec: StudySpec, n_trials: int, deadline: float | None = None
     """The Optuna objective: one `train(cfg)` per trial, pruned on the search space's metric.
     `deadline` is a `time.monotonic()` value after which no trial should still be running."""
     import optuna
-    from govrisk.training.train import train
     from optuna.trial import TrialState
     from optuna_integration import PyTorchLightningPruningCallback
+
+    from govrisk.training.train import train
 
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -466,10 +467,11 @@ def run_worker(
     import warnings
 
     import optuna
-    from govrisk.training.lightning import set_threads
-    from govrisk.training.train import reuse_prepared
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
+
+    from govrisk.training.lightning import set_threads
+    from govrisk.training.train import reuse_prepared
 
     _quiet()
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from govrisk.core.rating import MasterScale, load_master_scale
 from govrisk.data.features import FeatureSet
 from govrisk.serving.config import ServingConfig, load_policy
 from govrisk.serving.models import LoadedModel, ModelOutput
 from govrisk.serving.policy import Outcome, Policy
 from govrisk.serving.request import Applicants, RequestParser
-
-from govrisk.core.rating import MasterScale, load_master_scale
 
 log = logging.getLogger(__name__)
 CHALLENGER_SLOTS = 2

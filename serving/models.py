@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import yaml
-from govrisk.data.features import FeatureBuilder, FeatureSet
 
 from govrisk.core.hashing import sha256_bytes
 from govrisk.core.onnx import OnnxGraph
 from govrisk.core.reasons import reasons_from_points
 from govrisk.core.registry import model_path
+from govrisk.data.features import FeatureBuilder, FeatureSet
 
 
 @dataclass

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from govrisk.data.contract import MONTH, ColumnSpec, Contract
 
 MAX_ERRORS = 20  # listed per response; enough to fix a request, bounded for a hostile one

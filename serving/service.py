@@ -22,11 +22,12 @@ from typing import Any, ClassVar
 import bentoml
 import orjson
 from _bentoml_sdk.io_models import IORootModel
+from starlette.responses import JSONResponse, Response
+
 from govrisk.serving.config import ServingConfig, key_accepted, load_serving_config
 from govrisk.serving.decision_log import DecisionLog
 from govrisk.serving.engine import Scorer, log_row, response_of
 from govrisk.serving.request import BadInput, FieldError, json_safe
-from starlette.responses import JSONResponse, Response
 
 log = logging.getLogger("govrisk.serving")
 CONFIG: ServingConfig = load_serving_config()

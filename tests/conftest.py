@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from govrisk.data.features import FeatureBuilder, FeatureSet
 from govrisk.data.store import Dataset, read_dataset
 from govrisk.data.synthetic import generate, load_generator_config

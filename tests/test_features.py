@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from govrisk.data.features import FeatureBuilder, FeatureSet, month_number
 from govrisk.data.store import Dataset
 

@@ -19,14 +19,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import tiny_experiment
-from govrisk.data.outcomes import OutcomesError, play_forward, read_outcomes, validate_outcomes
-from govrisk.data.store import read_dataset
-from govrisk.data.synthetic import generate, load_generator_config
-from govrisk.serving.engine import applicant_hash
 from typer.testing import CliRunner
 
 from govrisk.cli import app
 from govrisk.core.config import config_path
+from govrisk.data.outcomes import OutcomesError, play_forward, read_outcomes, validate_outcomes
+from govrisk.data.store import read_dataset
+from govrisk.data.synthetic import generate, load_generator_config
+from govrisk.serving.engine import applicant_hash
 
 runner = CliRunner()
 SALT = "govrisk-applicant-v1"  # configs/serving/default.yaml decision_log.applicant_hash_salt
@@ -73,11 +73,10 @@ def write_log(
     dataset: Path, url: str, models: dict[str, str], *, rows: slice = slice(None), **over: Any
 ) -> None:
     """Score the dataset's applicants through the serving engine and commit each record to the log."""
+    from devtools.client import request_bodies
     from govrisk.serving.config import load_serving_config
     from govrisk.serving.decision_log import DecisionLog
     from govrisk.serving.engine import Scorer, log_row
-
-    from devtools.client import request_bodies
 
     challenger = {"tag": models["challenger"], "budget_ms": 10_000} | over.pop("challenger", {})
     cfg = load_serving_config("default", champion=models["champion"], challenger=challenger,

@@ -13,6 +13,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from pydantic import ValidationError
+from sklearn.metrics import roc_auc_score
+from torch import Tensor
+
+from govrisk.core.onnx import OnnxParityError
 from govrisk.data.features import FeatureBuilder, FeatureSet
 from govrisk.data.store import read_dataset
 from govrisk.data.synthetic import generate, load_generator_config
@@ -28,11 +33,6 @@ from govrisk.training.lightning import (
     predict_logits,
 )
 from govrisk.training.nets import Calibrated, PiecewiseLinearEncoding, TabularNet, build_net
-from pydantic import ValidationError
-from sklearn.metrics import roc_auc_score
-from torch import Tensor
-
-from govrisk.core.onnx import OnnxParityError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

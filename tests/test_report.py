@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import yaml
 from conftest import tiny_experiment
+from typer.testing import CliRunner
+
+from govrisk.cli import app
+from govrisk.core.config import config_path
 from govrisk.data.synthetic import generate, load_generator_config
 from govrisk.research import stats
 from govrisk.research.render import PLOTS
 from govrisk.training.config import experiment_from_dict
 from govrisk.training.train import predictions, split_indices, train
-from typer.testing import CliRunner
-
-from govrisk.cli import app
-from govrisk.core.config import config_path
 
 runner = CliRunner()
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

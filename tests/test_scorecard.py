@@ -12,6 +12,10 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 import yaml
+from sklearn.metrics import roc_auc_score
+
+from govrisk.core.config import config_path
+from govrisk.core.onnx import OnnxParityError
 from govrisk.data.features import FeatureBuilder, FeatureSet
 from govrisk.data.store import read_dataset
 from govrisk.data.synthetic import generate, load_generator_config
@@ -22,10 +26,6 @@ from govrisk.training.scorecard import (
     load_scorecard_config,
     reasons_from_points,
 )
-from sklearn.metrics import roc_auc_score
-
-from govrisk.core.config import config_path
-from govrisk.core.onnx import OnnxParityError
 
 CUTOFF = pd.Timestamp("2023-01-01")  # train on applications before, hold out those after
 

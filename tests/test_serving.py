@@ -25,8 +25,6 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 import yaml
-from govrisk.data.store import Dataset
-from govrisk.serving.engine import applicant_hash, arm_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -34,6 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from devtools.client import request_bodies
 from devtools.launcher import API_KEY, Server
 from govrisk.core.rating import load_master_scale
+from govrisk.data.store import Dataset
+from govrisk.serving.engine import applicant_hash, arm_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -472,10 +472,9 @@ def test_a_run_folder_loads_as_its_registered_model_and_a_tampered_one_is_refuse
     the run's metrics.json recorded at export, and scores as the registered model does, in any chunking."""
     import shutil
 
+    from govrisk.core.registry import TamperedModelError
     from govrisk.serving.models import LoadedModel
     from govrisk.serving.request import RequestParser
-
-    from govrisk.core.registry import TamperedModelError
 
     by_tag = LoadedModel(tag=trained.challenger)
     by_folder = LoadedModel(folder=Path(trained.challenger_run), threads=0)

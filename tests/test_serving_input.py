@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from govrisk.data.contract import load_contract
-from govrisk.data.validate import validate_tables
-from govrisk.serving.request import Applicants, BadInput, RequestParser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devtools.client import request_bodies
+from govrisk.data.contract import load_contract
+from govrisk.data.validate import validate_tables
+from govrisk.serving.request import Applicants, BadInput, RequestParser
 
 CONTRACT = load_contract("county")
 PARSER = RequestParser(contract=CONTRACT, lookback_months=24)

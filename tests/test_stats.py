@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
+
 from govrisk.research import stats
 from govrisk.training.metrics import ks_statistic
-from sklearn.metrics import roc_auc_score
 
 
 def hanley_mcneil() -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from govrisk.data.describe import describe
 from govrisk.data.features import month_number
 from govrisk.data.store import read_dataset, read_table, verify_hash

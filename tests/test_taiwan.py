@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from govrisk.data.store import read_dataset
-from govrisk.data.taiwan import PUBLISHED_SHA256, import_taiwan
-from govrisk.data.validate import validate_dataset
 from typer.testing import CliRunner
 
 from govrisk.cli import app
+from govrisk.data.store import read_dataset
+from govrisk.data.taiwan import PUBLISHED_SHA256, import_taiwan
+from govrisk.data.validate import validate_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import yaml
 from conftest import tiny_experiment
-from govrisk.training.config import experiment_from_dict, load_experiment
-from govrisk.training.train import predictions, train
 from typer.testing import CliRunner
 
 from govrisk.cli import app
 from govrisk.core.config import work_dir
 from govrisk.core.registry import TamperedModelError, list_models, model_path, verify_file
+from govrisk.training.config import experiment_from_dict, load_experiment
+from govrisk.training.train import predictions, train
 
 RUN_FILES = {"config.yaml", "metrics.json", "model.onnx", "feature_schema.json", "lineage.json"}
 

@@ -18,6 +18,10 @@ import optuna
 import pytest
 import sqlalchemy
 import yaml
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from govrisk.cli import app
 from govrisk.research.tune import (
     SkippedTrial,
     StudySpec,
@@ -26,10 +30,6 @@ from govrisk.research.tune import (
     open_study,
     storage_url,
 )
-from optuna.trial import TrialState
-from typer.testing import CliRunner
-
-from govrisk.cli import app
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -12,13 +12,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
+
+from govrisk.cli import app
 from govrisk.data import validate as validate_module
 from govrisk.data.contract import load_contract
 from govrisk.data.store import DatasetWriter
 from govrisk.data.validate import ContractViolation, ValidationReport, validate_dataset, validate_tables
-from typer.testing import CliRunner
-
-from govrisk.cli import app
 
 COUNTY = load_contract("county")
 IDS = ["A001", "A002", "A003"]

@@ -20,10 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from govrisk.data.features import FeatureBuilder, FeatureSet, month_number
-from govrisk.data.store import Dataset, read_dataset, read_manifest, verify_hash
-from govrisk.training.config import DataSpec, ExperimentConfig, SplitSpec, resolved_dict
-from govrisk.training.metrics import evaluate
 from pydantic import BaseModel
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
@@ -31,6 +27,10 @@ from govrisk.core.config import work_dir
 from govrisk.core.hashing import sha256_json
 from govrisk.core.onnx import OnnxGraph
 from govrisk.core.registry import lineage, register
+from govrisk.data.features import FeatureBuilder, FeatureSet, month_number
+from govrisk.data.store import Dataset, read_dataset, read_manifest, verify_hash
+from govrisk.training.config import DataSpec, ExperimentConfig, SplitSpec, resolved_dict
+from govrisk.training.metrics import evaluate
 
 RUN_DIR_ENV = "GOVRISK_RUN_DIR"
 
@@ -184,6 +184,7 @@ def _fit_net(
     strategy: str,
 ) -> tuple[dict[str, Any], list[str]]:
     import torch
+
     from govrisk.training.export import export_net
     from govrisk.training.lightning import fit_net
 
