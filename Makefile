@@ -30,7 +30,7 @@ browser: ## Debian's chromium and chromedriver for the report's browser test (sk
 demo: setup ## Run the main job end to end on the embedded defaults
 	@bash scripts/demo.sh
 
-test: setup ## Run the test suite (fast tiers; slow ones: make test-slow)
+test: setup ## Run the test suite (fast tiers and the wheel-install test; slow ones: make test-slow)
 	$(BIN)/python -m pytest -q
 
 test-slow: setup ## Run only the slow checks (sweeps, servers, multi-process)
