@@ -4,12 +4,14 @@ with `--strict` (a broken link, anchor or page outside the nav fails)."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ FENCE = re.compile(
 )
 INLINE = re.compile(r"(?<!`)`(govrisk [^`]+)`(?!`)")
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+DOTTED = re.compile(r"`(govrisk(?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+FROM_IMPORT = re.compile(r"^\s*from (govrisk(?:\.\w+)*) import ([\w, ]+)$", re.M)
 
 
 def _root() -> Any:
@@ -186,3 +190,82 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
     assert (tmp_path / "site" / "reference" / "cli" / "index.html").exists()
+
+
+def _module_file(module: str) -> Path | None:
+    """The source file of a `govrisk...` module, found through pyproject's package-dir mapping (no
+    import: training modules would pull in torch)."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping = tool.get("package-dir", {})
+    packages = sorted(tool["packages"], key=len, reverse=True)
+    for package in packages:
+        if module == package or module.startswith(package + "."):
+            folder = ROOT / mapping.get(package, package.replace(".", "/"))
+            rest = module[len(package) :].lstrip(".").split(".") if module != package else []
+            base = folder.joinpath(*rest)
+            for candidate in (base / "__init__.py", base.with_suffix(".py")):
+                if rest == [] and candidate == base.with_suffix(".py"):
+                    continue
+                if candidate.is_file():
+                    return candidate
+            return None
+    return None
+
+
+def _top_level_names(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def resolves(dotted: str) -> bool:
+    """`govrisk.a.b` is a module, or a name defined at the top of one (or served by its __getattr__)."""
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        path = _module_file(".".join(parts[:k]))
+        if path is None:
+            continue
+        rest = parts[k:]
+        if not rest:
+            return True
+        names = _top_level_names(path)
+        return len(rest) == 1 and (rest[0] in names or "__getattr__" in names)
+    return False
+
+
+def test_documented_python_names_exist() -> None:
+    """Every `govrisk.x.y` name the README and the docs mention, and every `from govrisk... import`
+    of their examples, exists in the code: a renamed class or moved module fails here, not in a
+    reader's notebook."""
+    names: set[tuple[str, str]] = set()
+    for page in [README, *sorted(DOCS.rglob("*.md"))]:
+        text = page.read_text()
+        rel = str(page.relative_to(ROOT))
+        names |= {(rel, d) for d in DOTTED.findall(text)}
+        for module, imported in FROM_IMPORT.findall(text):
+            names |= {(rel, f"{module}.{n.strip()}") for n in imported.split(",") if n.strip()}
+    assert len(names) > 20, names
+    missing = sorted(f"{rel}: {d}" for rel, d in names if not resolves(d))
+    assert not missing, "documented names missing from the code:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize(
+    ("dotted", "ok"),
+    [
+        ("govrisk.data.features.FeatureBuilder", True),
+        ("govrisk.core.config", True),
+        ("govrisk.cli.app", True),
+        ("govrisk.data.features.NoSuchBuilder", False),
+        ("govrisk.nowhere.thing", False),
+    ],
+)
+def test_the_name_check_resolves(dotted: str, ok: bool) -> None:
+    assert resolves(dotted) is ok
