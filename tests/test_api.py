@@ -18,7 +18,6 @@ import yaml
 from conftest import TINY_APPLICANTS, TINY_SEED, tiny_experiment
 from typer.testing import CliRunner
 
-import govrisk
 from govrisk import (
     describe,
     generate,
