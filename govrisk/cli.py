@@ -237,18 +237,87 @@ def models_list(
 
 @models_app.command("verify")
 def models_verify(tag: Annotated[str, typer.Argument(help="Model tag, e.g. county-cnn:latest.")]) -> None:
-    """Check a registered model's ONNX file against the sha256 recorded at registration.
+    """Check every file of a registered model, and its metadata, against its HMAC-signed manifest.
+
+    Exit 1 with one line naming the file that differs (or the manifest, when its signature fails).
 
     Example: govrisk models verify county-scorecard:latest
     """
-    from govrisk.core.registry import TamperedModelError, model_path
+    from govrisk.core.registry import TamperedModelError, verify_model
 
     try:
-        path, meta = model_path(tag, verify=True)
-    except (KeyError, TamperedModelError) as e:
-        console.print(f"[red]refused[/red]: {e}")
+        manifest = verify_model(tag)
+    except KeyError as e:
+        console.print(f"[red]error[/red]: {str(e).strip(chr(39) + chr(34))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except TamperedModelError as e:
+        console.print(f"[red]refused[/red]: {e}", soft_wrap=True)
         raise typer.Exit(1) from None
-    out.print(f"[green]ok[/green] {tag}: {path / 'model.onnx'} sha256 {meta['onnx_sha256']}")
+    out.print(
+        f"[green]ok[/green] {manifest['tag']}: {len(manifest['files'])} files and the metadata match the "
+        f"manifest signed by key {manifest['key_id']}; model.onnx sha256 {manifest['files']['model.onnx']}",
+        soft_wrap=True,
+    )
+
+
+@models_app.command("resign")
+def models_resign(
+    tags: Annotated[list[str] | None, typer.Argument(help="Model tags to re-sign (or --all).")] = None,
+    all_models: Annotated[bool, typer.Option("--all", help="Every govrisk model and the audit log.")] = False,
+    adopt_unsigned_audit: Annotated[
+        bool,
+        typer.Option(
+            help="Sign an audit log written before audit signatures (its hash chain must be intact)."
+        ),
+    ] = False,
+) -> None:
+    """Key rotation: verify manifests (and, with --all, the audit log) with the old key, sign them with the new.
+
+    The old key comes from $GOVRISK_MODEL_KEY_OLD or $GOVRISK_MODEL_KEY_OLD_FILE, the new one from
+    $GOVRISK_MODEL_KEY or $GOVRISK_MODEL_KEY_FILE (else the demo key file <work>/secrets/model.key).
+    Everything is verified with the old key first; if anything fails, nothing is re-signed (exit 1).
+    Rotation, step by step:
+
+    1. make a new key: openssl rand -hex 32 > new.key; chmod 600 new.key
+
+    2. GOVRISK_MODEL_KEY_OLD_FILE=old.key GOVRISK_MODEL_KEY_FILE=new.key govrisk models resign --all
+
+    3. give the servers, monitoring and reviewers the new key (restart the servers); destroy the old one.
+
+    A model registered before manifests cannot be re-signed (nothing trustworthy to sign): register it
+    again with `govrisk train --config <its folder>/config.yaml`.
+
+    Example: GOVRISK_MODEL_KEY_OLD_FILE=runs/secrets/model.key GOVRISK_MODEL_KEY_FILE=/run/secrets/govrisk govrisk models resign --all
+    """
+    from govrisk.core import signing
+    from govrisk.core.registry import TamperedModelError, list_models, resign_model, verify_model
+    from govrisk.research.governance import AuditTampered, resign_audit
+
+    if all_models == bool(tags):
+        console.print("[red]error[/red]: give model tags or --all (not both)", soft_wrap=True)
+        raise typer.Exit(2)
+    try:
+        new_key = signing.load_key()
+        old_key = signing.load_key(old=True)
+    except signing.SigningKeyError as e:
+        console.print(f"[red]error[/red]: {e}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    todo = [r["tag"] for r in list_models()] if all_models else list(tags or [])
+    try:
+        for tag in todo:  # every check first: a failure re-signs nothing
+            verify_model(tag, key=old_key)
+        for tag in todo:
+            resign_model(tag, old_key=old_key, new_key=new_key)
+            out.print(f"re-signed   {tag} (key {signing.key_id(new_key)})")
+        if all_models:
+            n = resign_audit(old_key=None if adopt_unsigned_audit else old_key, new_key=new_key)
+            out.print(f"re-signed   the audit log, {n} entries")
+    except KeyError as e:
+        console.print(f"[red]error[/red]: {str(e).strip(chr(39) + chr(34))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except (TamperedModelError, AuditTampered) as e:
+        console.print(f"[red]refused[/red]: {e}", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 # Research, serving and monitoring keep their commands beside their code; imports inside commands stay lazy.

@@ -7,8 +7,13 @@ Files, all under `$GOVRISK_WORK/governance/`:
   promotion there is no file and callers use their own default.
 - `audit.jsonl` — one JSON object per line, appended and never rewritten: who, what, when, why, the
   report (folder, sha256 of its report.json, its recommendation), override or not. Each entry carries
-  the sha256 of the previous line (`prev_sha256`), so an edited or deleted line breaks the chain and
-  `govrisk models audit` says where.
+  its sequence number (`seq`), the sha256 of the previous line (`prev_sha256`) and an HMAC-SHA256 of
+  all that (`hmac_sha256`) under the integrity key of `govrisk.core.signing`, which is not kept here.
+- `audit.head.json` — the signed head of the chain: `{"seq": <entries>, "last_sha256": <sha256 of the
+  last line>, "key_id", "hmac_sha256"}`, replaced atomically after each append under the same lock.
+  The per-line MACs name an edited, inserted or deleted line even when the chain hashes are recomputed;
+  the head names the end: a deleted or edited last line, a truncated or emptied file. `champion.json`'s
+  `audit_seq` is checked against the log too. `govrisk models audit` reports every problem by line.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import getpass
 import json
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +32,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from govrisk.core import signing
 from govrisk.core.config import StrictModel, load_config, work_dir
 from govrisk.core.hashing import sha256_bytes, sha256_file
 
@@ -178,65 +185,230 @@ def whoami() -> str:
     return os.environ.get("GOVRISK_USER") or getpass.getuser()
 
 
+_lock_depth = threading.local()
+
+
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
-    """One promotion at a time: read champion, append audit, write champion under one file lock."""
-    governance_dir().mkdir(parents=True, exist_ok=True)
-    with open(governance_dir() / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """One promotion at a time: read champion, append audit, write champion under one file lock
+    (re-entrant within a thread, so `append_audit` takes it too)."""
+    depth = getattr(_lock_depth, "n", 0)
+    if depth:
+        _lock_depth.n = depth + 1
         try:
             yield
         finally:
+            _lock_depth.n = depth
+        return
+    governance_dir().mkdir(parents=True, exist_ok=True)
+    with open(governance_dir() / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _lock_depth.n = 1
+        try:
+            yield
+        finally:
+            _lock_depth.n = 0
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _last_line_hash(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    lines = [ln for ln in path.read_bytes().splitlines() if ln.strip()]
-    return sha256_bytes(lines[-1]) if lines else None
+AUDIT_PURPOSE = "audit-entry"
+HEAD_PURPOSE = "audit-head"
 
 
-def append_audit(entry: dict[str, Any]) -> dict[str, Any]:
-    """Append one entry (call under `_locked`); it gets a sequence number and the previous line's hash."""
-    path = audit_file()
-    seq = sum(1 for ln in path.read_bytes().splitlines() if ln.strip()) + 1 if path.exists() else 1
-    record = {"seq": seq, **entry, "prev_sha256": _last_line_hash(path)}
-    line = json.dumps(record, sort_keys=True) + "\n"
-    # O_APPEND: the line lands at the end even if the file is opened elsewhere; never rewritten.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def audit_head_file() -> Path:
+    return governance_dir() / "audit.head.json"
+
+
+def _audit_lines(path: Path) -> list[bytes]:
+    return [ln for ln in path.read_bytes().splitlines() if ln.strip()] if path.exists() else []
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, line.encode())
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    return record
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
-def read_audit() -> tuple[list[dict[str, Any]], list[str]]:
-    """Every audit entry, and the problems found in the hash chain (empty when intact)."""
-    path = audit_file()
-    if not path.exists():
-        return [], []
+def _signed_line(body: dict[str, Any], key: bytes) -> bytes:
+    record = body | {"hmac_sha256": signing.sign(body, key, purpose=AUDIT_PURPOSE)}
+    return (json.dumps(record, sort_keys=True) + "\n").encode()
+
+
+def _write_head(lines: list[bytes], key: bytes) -> None:
+    body = {
+        "seq": len(lines),
+        "last_sha256": sha256_bytes(lines[-1]) if lines else None,
+        "key_id": signing.key_id(key),
+    }
+    head = body | {"hmac_sha256": signing.sign(body, key, purpose=HEAD_PURPOSE)}
+    _write_atomic(audit_head_file(), (json.dumps(head, sort_keys=True) + "\n").encode())
+
+
+def _check_audit(
+    lines: list[bytes], head_raw: bytes | None, key: bytes, *, signed: bool = True
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Entries and problems of a log's lines against its head (`signed=False`: only the hash chain and
+    the sequence, for adopting a log written before signatures)."""
     entries, problems, prev = [], [], None
-    for i, raw in enumerate((ln for ln in path.read_bytes().splitlines() if ln.strip()), start=1):
+    for i, raw in enumerate(lines, start=1):
         try:
             entry = json.loads(raw)
-        except json.JSONDecodeError:
-            problems.append(f"line {i}: not JSON")
+            if not isinstance(entry, dict):
+                raise ValueError
+        except ValueError:
+            problems.append(f"line {i}: not a JSON object")
             prev = sha256_bytes(raw)
             continue
+        if signed:
+            body = {k: v for k, v in entry.items() if k != "hmac_sha256"}
+            if "hmac_sha256" not in entry:
+                problems.append(f"line {i} (seq {entry.get('seq')}): unsigned entry")
+            elif not signing.signature_ok(body, entry["hmac_sha256"], key, purpose=AUDIT_PURPOSE):
+                problems.append(
+                    f"line {i} (seq {entry.get('seq')}): signature does not match: the line was edited "
+                    "or the key differs"
+                )
         if entry.get("prev_sha256") != prev:
             problems.append(f"line {i} (seq {entry.get('seq')}): previous-line hash does not match")
         if entry.get("seq") != i:
             problems.append(f"line {i}: sequence number {entry.get('seq')} out of order")
         entries.append(entry)
         prev = sha256_bytes(raw)
+    if not signed:
+        return entries, problems
+    n = len(lines)
+    if head_raw is None:
+        if n:
+            problems.append(
+                f"line {n}: {audit_head_file().name} is missing, so the end of the log cannot be checked"
+            )
+        return entries, problems
+    try:
+        head = json.loads(head_raw)
+        head_body = {k: v for k, v in head.items() if k != "hmac_sha256"}
+        ok = signing.signature_ok(head_body, head.get("hmac_sha256"), key, purpose=HEAD_PURPOSE)
+        expected_n = head_body["seq"]
+    except (ValueError, AttributeError, KeyError):
+        ok, expected_n = False, None
+    if not ok or not isinstance(expected_n, int):
+        problems.append(
+            f"line {n}: {audit_head_file().name} signature does not match: the head was edited or the "
+            "key differs, so the end of the log cannot be checked"
+        )
+    elif n < expected_n:
+        problems.append(
+            f"line {n + 1}: missing: the signed head records {expected_n} entries, the file holds {n} "
+            "(deleted or truncated)"
+        )
+    elif n > expected_n:
+        problems.append(
+            f"line {expected_n + 1}: after the signed head, which ends at line {expected_n} "
+            "(inserted, or an append was interrupted)"
+        )
+    if (
+        ok
+        and isinstance(expected_n, int)
+        and 0 < expected_n <= n
+        and sha256_bytes(lines[expected_n - 1]) != head_body.get("last_sha256")
+    ):
+        problems.append(f"line {expected_n}: differs from the signed head's hash of the last line")
     return entries, problems
+
+
+def _champion_problems(n_lines: int) -> list[str]:
+    champ = current_champion()
+    seq = champ.get("audit_seq") if champ else None
+    if isinstance(seq, int) and seq > n_lines:
+        return [
+            f"line {seq}: missing: champion.json was promoted by audit entry {seq}, the log holds {n_lines}"
+        ]
+    return []
+
+
+def append_audit(entry: dict[str, Any]) -> dict[str, Any]:
+    """Append one signed entry (it gets a sequence number, the previous line's hash and an HMAC) and
+    replace the signed head, under the governance lock. Refuses (AuditTampered) to extend a log that
+    does not verify: appending would sign over the damage."""
+    key = signing.load_key()
+    path = audit_file()
+    with _locked():
+        lines = _audit_lines(path)
+        head = audit_head_file().read_bytes() if audit_head_file().exists() else None
+        _, problems = _check_audit(lines, head, key)
+        if problems:
+            raise AuditTampered(
+                f"{path} does not verify, nothing appended: {'; '.join(problems)} (see govrisk models audit)"
+            )
+        body = {"seq": len(lines) + 1, **entry, "prev_sha256": sha256_bytes(lines[-1]) if lines else None}
+        line = _signed_line(body, key)
+        # O_APPEND: the line lands at the end even if the file is opened elsewhere; never rewritten.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _write_head([*lines, line.rstrip(b"\n")], key)
+    return json.loads(line)
+
+
+def read_audit() -> tuple[list[dict[str, Any]], list[str]]:
+    """Every audit entry, and the problems found (empty when intact): per line its signature, the hash
+    chain and the sequence; at the end the signed head (so a deleted, edited or truncated last line, or
+    an emptied file, is found); and the champion record's audit entry."""
+    path, head_path = audit_file(), audit_head_file()
+    if not path.exists() and not head_path.exists():
+        return [], _champion_problems(0)
+    try:
+        key = signing.load_key()
+    except signing.SigningKeyError as e:
+        return [], [f"line 1: cannot check the signatures: {e}"]
+    lines = _audit_lines(path)
+    entries, problems = _check_audit(lines, head_path.read_bytes() if head_path.exists() else None, key)
+    return entries, problems + _champion_problems(len(lines))
+
+
+def resign_audit(*, old_key: bytes | None, new_key: bytes) -> int:
+    """Key rotation for the audit log: verify every line and the head with `old_key` (None: adopt a log
+    written before signatures, checking only its hash chain and sequence), then rewrite it signed with
+    `new_key`: same entries, new MACs, the chain hashes recomputed, and a new head. Atomic (a reader sees
+    the old or the new file) and under the governance lock. Returns the number of entries."""
+    path = audit_file()
+    with _locked():
+        lines = _audit_lines(path)
+        if not lines and not audit_head_file().exists():
+            return 0
+        head = audit_head_file().read_bytes() if audit_head_file().exists() else None
+        entries, problems = _check_audit(lines, head, old_key or b"", signed=old_key is not None)
+        if problems:
+            raise AuditTampered(f"{path} does not verify with the old key: {'; '.join(problems)}")
+        out: list[bytes] = []
+        for entry in entries:
+            body = {k: v for k, v in entry.items() if k != "hmac_sha256"}
+            body["prev_sha256"] = sha256_bytes(out[-1].rstrip(b"\n")) if out else None
+            out.append(_signed_line(body, new_key))
+        _write_atomic(path, b"".join(out))
+        _write_head([ln.rstrip(b"\n") for ln in out], new_key)
+    return len(entries)
 
 
 class PromotionRefused(RuntimeError):
     """The report does not support the promotion, and no override was given."""
+
+
+class AuditTampered(PromotionRefused):
+    """The audit log or its head does not verify: nothing is appended to it (so no promotion is
+    recorded) until that is resolved."""
 
 
 def promote(

@@ -1,7 +1,9 @@
 """Registered models as onnxruntime sessions, with the feature schema that travelled with each.
 
-Loading goes through `govrisk.core.onnx.OnnxGraph`, which re-hashes the exact bytes handed to
-onnxruntime against the sha256 recorded at registration. Nothing here imports
+A registered model is read once, through `govrisk.core.registry.load_verified`: every file's bytes
+are checked against the model's HMAC-signed manifest, and only those bytes are used (the ONNX bytes
+go to `govrisk.core.onnx.OnnxGraph`, which re-hashes them against the manifest's digest; the schema and
+reason-code JSON is parsed from the checked text). Nothing here imports
 torch, Lightning, optbinning or onnx: serving is onnxruntime plus the shared FeatureBuilder.
 """
 
@@ -18,7 +20,7 @@ import yaml
 from govrisk.core.hashing import sha256_bytes
 from govrisk.core.onnx import OnnxGraph
 from govrisk.core.reasons import reasons_from_points
-from govrisk.core.registry import model_path
+from govrisk.core.registry import load_verified, model_path
 from govrisk.data.features import FeatureBuilder, FeatureSet
 
 
@@ -39,14 +41,20 @@ class LoadedModel:
         if (tag is None) == (folder is None):
             raise ValueError(f"give exactly one of tag and folder, got {tag=} {folder=}")
         if tag is not None:
-            folder, meta = model_path(tag, verify=False)  # verified below, on the bytes actually loaded
-            expected = meta["onnx_sha256"]
+            # Every file checked against the signed manifest; these bytes are all that is used below.
+            folder, meta, manifest, files = load_verified(tag)
+            expected = manifest["files"]["model.onnx"]
         else:
             assert folder is not None
             meta = {"kind": yaml.safe_load((folder / "config.yaml").read_text())["model"]["kind"]}
             expected = json.loads((folder / "metrics.json").read_text())["onnx"]["sha256"]
+            files = {
+                f: (folder / f).read_bytes()
+                for f in ("model.onnx", "feature_schema.json", "reason_codes.json")
+                if (folder / f).exists()
+            }
         self.graph = OnnxGraph(
-            folder / "model.onnx", threads=threads, expected_sha256=expected, name=tag or str(folder)
+            files["model.onnx"], threads=threads, expected_sha256=expected, name=tag or str(folder)
         )
         self.folder = folder
         self.name = folder.parent.name
@@ -55,14 +63,14 @@ class LoadedModel:
         self.kind: str = meta["kind"]
         self.sha256 = self.graph.sha256
         self.inputs: list[str] = self.graph.inputs
-        schema_text = (folder / "feature_schema.json").read_text()
+        schema_text = files["feature_schema.json"].decode()
         # Two models with the same schema share one transform per request (see Scorer).
         self.schema_digest = sha256_bytes(schema_text.encode())
         self.builder = FeatureBuilder.from_schema(json.loads(schema_text))
         self.outputs = self.graph.outputs
         self.reason_table: list[dict[str, Any]] | None = None
-        if (folder / "reason_codes.json").exists():
-            self.reason_table = json.loads((folder / "reason_codes.json").read_text())["characteristics"]
+        if "reason_codes.json" in files:
+            self.reason_table = json.loads(files["reason_codes.json"])["characteristics"]
 
     def predict(self, fs: FeatureSet, *, batch_size: int | None = None) -> ModelOutput:
         """PDs (and a scorecard's score and points) of every row; `batch_size` rows per onnxruntime

@@ -30,6 +30,9 @@ def tiny_experiment(dataset: Path, kind: str, *, name: str, **params: object) ->
 def _work_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Everything the code under test writes goes to a temporary work folder."""
     os.environ["GOVRISK_WORK"] = str(tmp_path_factory.mktemp("work"))
+    # One integrity key for the session (manifests and the audit log), whatever work folder a test
+    # points at; tests of the key's sources (tests/test_integrity.py) unset it where they need to.
+    os.environ["GOVRISK_MODEL_KEY"] = "test-only-integrity-key-" + "0" * 32
 
 
 @pytest.fixture(scope="session")
