@@ -22,7 +22,6 @@ one applicant's transform equal the batch transform.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,10 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from govrisk.core.config import StrictModel, is_path, load_config
+from govrisk.core.schema import FEATURE_SCHEMA_VERSION, FeatureSchema
 from govrisk.data.contract import MONTH, ColumnSpec, Contract, load_contract
+from govrisk.data.months import month_number
 
-SCHEMA_VERSION = 1
 UNKNOWN = "__unknown__"
 
 
@@ -212,14 +212,6 @@ def _rows(frame: Frame, start: int, stop: int) -> Frame:
     return {k: np.asarray(v)[start:stop] for k, v in frame.items()}
 
 
-def month_number(values: pd.Series | np.ndarray) -> np.ndarray:
-    """Dates (datetime64 or ISO strings) -> months since 1970-01 as int64."""
-    arr = np.asarray(values)
-    if not np.issubdtype(arr.dtype, np.datetime64):
-        arr = pd.to_datetime(pd.Series(values), errors="raise").to_numpy()
-    return arr.astype("datetime64[M]").astype(np.int64)
-
-
 def _signed_log(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
@@ -281,37 +273,36 @@ class FeatureBuilder:
         return cls(config=config, contract=contract or load_contract(config.contract))
 
     @classmethod
-    def from_schema(cls, schema: dict[str, Any] | str | Path) -> FeatureBuilder:
-        """Rebuild a fitted builder from a feature schema (dict or JSON file): what serving does."""
-        if not isinstance(schema, dict):
-            schema = json.loads(Path(schema).read_text())
-        if schema.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"feature schema version {schema.get('schema_version')!r} != {SCHEMA_VERSION}")
+    def from_schema(cls, schema: FeatureSchema | Mapping[str, Any] | str | Path) -> FeatureBuilder:
+        """Rebuild a fitted builder from a feature schema (a `FeatureSchema`, its JSON as a dict, or a
+        `feature_schema.json` path): what serving does."""
+        if isinstance(schema, str | Path):
+            schema = FeatureSchema.load(schema)
+        elif not isinstance(schema, FeatureSchema):
+            schema = FeatureSchema.model_validate(schema)
         builder = cls(
-            config=FeatureConfig.model_validate(schema["config"]),
-            contract=Contract.model_validate(schema["contract"]),
+            config=FeatureConfig.model_validate(schema.config),
+            contract=Contract.model_validate(schema.contract),
         )
-        builder.fitted = schema["fitted"]
+        builder.fitted = schema.fitted
         return builder
 
-    def schema(self) -> dict[str, Any]:
+    def schema(self) -> FeatureSchema:
         """Everything needed to reproduce `transform`: config, contract and fitted statistics."""
         fitted = self._require_fitted()
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "config": self.config.model_dump(mode="json"),
-            "contract": self.contract.model_dump(mode="json"),
-            "fitted": fitted,
-            "sequence_channels": fitted["sequence_channels"],
-            "static_features": fitted["static_features"],
-            "raw_features": fitted["raw_features"],
-            "categorical_raw": sorted(fitted["vocab"]),
-        }
+        return FeatureSchema(
+            schema_version=FEATURE_SCHEMA_VERSION,
+            config=self.config.model_dump(mode="json"),
+            contract=self.contract.model_dump(mode="json"),
+            fitted=fitted,
+            sequence_channels=fitted["sequence_channels"],
+            static_features=fitted["static_features"],
+            raw_features=fitted["raw_features"],
+            categorical_raw=sorted(fitted["vocab"]),
+        )
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.schema(), indent=1) + "\n")  # key order is feature order: never sort
-        return path
+        return self.schema().save(path)
 
     def _check_ratios(self) -> None:
         for r in self.config.ratios:

@@ -32,6 +32,7 @@ from rich.progress import Progress
 
 from govrisk.core.config import StrictModel, load_config
 from govrisk.data.contract import load_contract
+from govrisk.data.months import months_since_1970
 from govrisk.data.store import DatasetWriter
 
 TRUTH_TABLE = "truth"
@@ -167,7 +168,7 @@ def month_index(ym: str) -> int:
 def month_to_date32(m: np.ndarray) -> pa.Array:
     """Absolute month numbers -> date32 array of the first day of each month."""
     years, months = np.divmod(np.asarray(m, dtype=np.int64), 12)
-    ym = (years - 1970) * 12 + months
+    ym = months_since_1970(years, months + 1)
     return pa.array(ym.astype("datetime64[M]").astype("datetime64[D]"), type=pa.date32())
 
 

@@ -139,13 +139,13 @@ def live_cmd(
     from govrisk.data.store import read_manifest
     from govrisk.monitoring.config import load_monitoring_config
     from govrisk.monitoring.live import NotEnoughOutcomes, build_live_report
-    from govrisk.research.governance import load_policy
+    from govrisk.research.governance import load_governance_policy
     from govrisk.research.report import write_report
-    from govrisk.serving.config import load_policy as load_credit_policy
+    from govrisk.serving.config import load_credit_policy
 
     try:
         mon = load_monitoring_config(config)
-        policy = load_policy(mon.live.governance_policy)
+        policy = load_governance_policy(mon.live.governance_policy)
         serving_cfg, hash_of = _serving(serving_config)
         credit = load_credit_policy(serving_cfg.policy)  # type: ignore[attr-defined]
         decisions = _decisions(log, serving_cfg)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-# What the live report and the book read from each decision (serving/decision_log.py writes them).
+# What the live report and the book read from each decision: logged fields of govrisk.core.records.DecisionRecord
+# (serving/decision_log.py writes them; tests/test_records.py checks each is one).
 NEEDED = (
     "decision_id", "created_at", "applicant_hash", "application_date", "routing_mode", "arm",
     "decided_by", "decision", "hard_rule", "pd", "grade", "champion_model", "champion_pd",

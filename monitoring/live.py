@@ -28,7 +28,7 @@ from govrisk.data.store import Dataset, read_dataset, verify_hash
 from govrisk.monitoring.config import MonitoringConfig
 from govrisk.monitoring.decisions import first_decisions
 from govrisk.research import stats
-from govrisk.research.governance import Policy, check_row
+from govrisk.research.governance import GovernancePolicy, check_row
 from govrisk.research.report import (
     ROLES,
     Scored,
@@ -195,7 +195,7 @@ def build_live_report(
     data: Path,
     hash_of: Callable[[str], str],
     config: MonitoringConfig,
-    policy: Policy,
+    policy: GovernancePolicy,
     policy_name: str,
     cutoffs: tuple[float, float],
     champion: str | None = None,

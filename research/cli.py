@@ -128,13 +128,13 @@ def report_cmd(
     Example: govrisk report --champion county-scorecard:latest --challenger county-cnn:latest --out runs/reports/county
     """
     from govrisk.core.registry import TamperedModelError
-    from govrisk.research.governance import load_policy
+    from govrisk.research.governance import load_governance_policy
     from govrisk.research.report import build_report, write_report
 
     if data is not None and not (data / "manifest.json").exists():
         raise _fail(f"--data {data}: not a dataset folder (no manifest.json)")
     try:
-        pol = load_policy(policy)
+        pol = load_governance_policy(policy)
         with console.status("scoring both models and computing the report"):
             rep = build_report(champion, challenger, data=data, policy=pol, policy_name=policy)
     except (KeyError, ValueError, FileNotFoundError, TamperedModelError) as e:

@@ -64,7 +64,7 @@ class Thresholds(StrictModel):
     max_segment_auc_loss: float = Field(ge=0, le=1)
 
 
-class Policy(StrictModel):
+class GovernancePolicy(StrictModel):
     approval_rate: float = Field(gt=0, lt=1)
     development: list[Literal["train", "val", "oot"]] = Field(min_length=1)
     evaluation: Literal["train", "val", "oot"]
@@ -78,7 +78,7 @@ class Policy(StrictModel):
     thresholds: Thresholds
 
     @model_validator(mode="after")
-    def _disjoint(self) -> Policy:
+    def _disjoint(self) -> GovernancePolicy:
         if self.evaluation in self.development:
             raise ValueError(
                 f"evaluation split {self.evaluation!r} must not be among development {self.development}"
@@ -86,9 +86,9 @@ class Policy(StrictModel):
         return self
 
 
-def load_policy(name_or_path: str | Path = "default") -> Policy:
+def load_governance_policy(name_or_path: str | Path = "default") -> GovernancePolicy:
     """`configs/governance/<name>.yaml` (or a path), validated; errors name the key."""
-    return load_config("governance", name_or_path, Policy)
+    return load_config("governance", name_or_path, GovernancePolicy)
 
 
 # --- the recommendation -------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def check_row(name: str, passed: bool, value: Any, threshold: str, detail: str) 
     return {"check": name, "passed": bool(passed), "value": value, "threshold": threshold, "detail": detail}
 
 
-def recommend(report: dict[str, Any], policy: Policy) -> dict[str, Any]:
+def recommend(report: dict[str, Any], policy: GovernancePolicy) -> dict[str, Any]:
     """Promote or hold, from the report's figures and the policy's thresholds, with every reason."""
     t = policy.thresholds
     checks = []

@@ -31,10 +31,11 @@ import pandas as pd
 import yaml
 
 from govrisk.core.rating import MasterScale, load_master_scale
+from govrisk.core.schema import FeatureSchema
 from govrisk.data.features import FeatureSet, month_number
 from govrisk.data.store import Dataset, read_dataset, verify_hash
 from govrisk.research import stats
-from govrisk.research.governance import Policy, SegmentPolicy, recommend
+from govrisk.research.governance import GovernancePolicy, SegmentPolicy, recommend
 
 ROLES = ("champion", "challenger")
 
@@ -139,7 +140,9 @@ def _labels(ds: Dataset, rows: np.ndarray) -> np.ndarray:
     return ds.applicants[label].to_numpy()[rows].astype(int)
 
 
-def development_population(challenger: ModelRef, policy: Policy) -> tuple[Population, Path, str, list[str]]:
+def development_population(
+    challenger: ModelRef, policy: GovernancePolicy
+) -> tuple[Population, Path, str, list[str]]:
     """The policy's `development` rows (train + validation) of the challenger's training data, split
     by the challenger's own config: the "expected" population of every PSI and CSI. Returns the rows,
     the dataset's path and verified hash, and notes for the report (a dataset changed since training)."""
@@ -162,7 +165,7 @@ def development_population(challenger: ModelRef, policy: Policy) -> tuple[Popula
 
 
 def populations(
-    challenger: ModelRef, data: Path | None, policy: Policy
+    challenger: ModelRef, data: Path | None, policy: GovernancePolicy
 ) -> tuple[Population, Population, dict]:
     """Development and evaluation rows (see the module docstring) and a description for the report."""
     from govrisk.training.config import experiment_from_dict
@@ -384,7 +387,7 @@ class Scored:
 
 
 def score_populations(
-    models: dict[str, ModelRef], dev: Population, ev: Population, policy: Policy
+    models: dict[str, ModelRef], dev: Population, ev: Population, policy: GovernancePolicy
 ) -> tuple[Scored, Scored]:
     """Score each dataset once per model (a model's features come from its own schema)."""
     p_dev, p_ev, raw_dev, raw_ev = {}, {}, {}, {}
@@ -418,7 +421,12 @@ def score_development(models: dict[str, ModelRef], dev: Population) -> Scored:
 
 
 def build_report(
-    champion_ref: str, challenger_ref: str, *, data: Path | None, policy: Policy, policy_name: str = "default"
+    champion_ref: str,
+    challenger_ref: str,
+    *,
+    data: Path | None,
+    policy: GovernancePolicy,
+    policy_name: str = "default",
 ) -> dict[str, Any]:
     """Every figure of the governance report as one JSON-ready dict (see the module docstring)."""
     models = {"champion": resolve_model(champion_ref), "challenger": resolve_model(challenger_ref)}
@@ -446,7 +454,7 @@ def report_from_scores(
     dev: Scored,
     ev: Scored,
     data_info: dict[str, Any],
-    policy: Policy,
+    policy: GovernancePolicy,
     policy_name: str = "default",
 ) -> dict[str, Any]:
     """The governance report from scored populations: `ev` is judged (discrimination, calibration,
@@ -514,8 +522,7 @@ def report_from_scores(
         role: stats.psi(scale.index(p_dev[role]), scale.index(p_ev[role]), categorical=True).value
         for role in ROLES
     }
-    schema = json.loads((models["champion"].folder / "feature_schema.json").read_text())
-    categorical = set(schema.get("categorical_raw", []))
+    categorical = set(FeatureSchema.load(models["champion"].folder / "feature_schema.json").categorical_raw)
     csi = []
     for ch in main_characteristics(models["champion"], dev.raw, y_dev, policy.csi_characteristics):
         c = ch["characteristic"]

@@ -199,7 +199,9 @@ class LimitConfig(StrictModel):
     round_to: float = Field(default=1000, gt=0)
 
 
-class PolicyConfig(StrictModel):
+class CreditPolicyConfig(StrictModel):
+    """A credit policy: `configs/policy/<name>.yaml`."""
+
     name: str
     version: str
     hard_rules: tuple[HardRule, ...] = ()
@@ -208,6 +210,6 @@ class PolicyConfig(StrictModel):
     limit: LimitConfig
 
 
-def load_policy(name_or_path: str | Path) -> PolicyConfig:
+def load_credit_policy(name_or_path: str | Path) -> CreditPolicyConfig:
     """`configs/policy/<name>.yaml` (or a path); errors name the offending key."""
-    return load_config("policy", name_or_path, PolicyConfig)
+    return load_config("policy", name_or_path, CreditPolicyConfig)

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def _columns() -> list[sa.Column]:
+    """One column per logged field of `govrisk.core.records.DecisionRecord` (its `LOG_COLUMNS`, in
+    order; tests/test_records.py fails if the two differ), each with its SQL type."""
     return [
         sa.Column("decision_id", sa.String(64), primary_key=True),
         sa.Column("request_id", sa.String(64), nullable=False, index=True),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -28,10 +27,11 @@ from typing import Any
 import orjson
 
 from govrisk.core.rating import MasterScale, load_master_scale
+from govrisk.core.records import DecisionRecord
 from govrisk.data.features import FeatureSet
-from govrisk.serving.config import ServingConfig, load_policy
+from govrisk.serving.config import ServingConfig, load_credit_policy
 from govrisk.serving.models import LoadedModel, ModelOutput
-from govrisk.serving.policy import Outcome, Policy
+from govrisk.serving.policy import CreditPolicy, Outcome
 from govrisk.serving.request import Applicants, RequestParser
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,9 @@ class Scorer:
             m.builder.config.lookback_months for m in (self.champion, self.challenger) if m is not None
         )
         self.parser = RequestParser(contract=contract, lookback_months=lookback)
-        raw_features = list(self.champion.builder.schema()["raw_features"])
-        self.policy = Policy(
-            config=load_policy(config.policy),
+        raw_features = list(self.champion.builder.schema().raw_features)
+        self.policy = CreditPolicy(
+            config=load_credit_policy(config.policy),
             applicant_fields=set(self.parser.applicant_columns),
             raw_features=raw_features,
         )
@@ -159,7 +159,7 @@ class Scorer:
         endpoint: str = "score",
         request_id: str | None = None,
         request_ids: list[str] | None = None,
-    ) -> list[dict]:
+    ) -> list[DecisionRecord]:
         """One decision record per applicant of a checked batch: features, the challenger started beside
         the champion and waited for (in this thread) at most until its budget is spent, then routing
         and the policy.
@@ -195,7 +195,11 @@ class Scorer:
         # column, not one numpy scalar at a time: a batch's records cost less than its JSON.
         columns = {c: batch.applicants[c].tolist() for c in self.parser.applicant_columns}
         request_id = request_id or uuid.uuid4().hex
-        records, inputs = [], []
+        challenger_model = self.challenger.tag if self.challenger else self.config.challenger.tag
+        policy = self.policy.label
+        features_ms, champion_ms = (t_feat - t0) * 1000, (t_champ - t_feat) * 1000
+        records: list[DecisionRecord] = []
+        inputs = []
         for i in range(n):
             if request_ids is not None:  # separate requests: each its own request and decision
                 rid = decision_id = request_ids[i]
@@ -210,123 +214,74 @@ class Scorer:
             raw_i = {f: float(v[i]) for f, v in raw.items()}
             pd_i = float(champ.pd[i])
             outcome = self.policy.decide(pd_=pd_i, applicant=applicant, raw=raw_i)
+            grade_i = str(champ_grades[i])
             inputs.append((applicant, raw_i))
-            records.append({
-                **_decided(outcome, pd_i, str(champ_grades[i]), reasons[i]),
-                "decision_id": decision_id,
-                "request_id": rid,
-                "applicant_id": ids[i],
-                "created_at": now,
-                "endpoint": endpoint,
-                "applicant_hash": applicant_hash(ids[i], salt),
-                "input_digest": input_digest(batch.records[i]),
-                "application_date": applicant[date_col],
-                "routing_mode": self.mode,
-                "arm": arm,
-                "decided_by": "champion",
-                "champion_model": self.champion.tag,
-                "champion_pd": pd_i,
-                "champion_score": None if champ.score is None else float(champ.score[i]),
-                "champion_grade": str(champ_grades[i]),
-                "challenger_model": self.challenger.tag if self.challenger else self.config.challenger.tag,
-                "challenger_status": None,
-                "challenger_error": None,
-                "challenger_pd": None,
-                "challenger_grade": None,
-                "challenger_decision": None,
-                "policy": self.policy.label,
-                "features_ms": (t_feat - t0) * 1000,
-                "champion_ms": (t_champ - t_feat) * 1000,
-                "challenger_ms": None,
-                "total_ms": None,
-                "batch_size": n,
-            })  # fmt: skip
+            records.append(
+                DecisionRecord(
+                    decision_id=decision_id,
+                    request_id=rid,
+                    applicant_id=ids[i],
+                    created_at=now,
+                    endpoint=endpoint,
+                    applicant_hash=applicant_hash(ids[i], salt),
+                    input_digest=input_digest(batch.records[i]),
+                    application_date=applicant[date_col],
+                    routing_mode=self.mode,
+                    arm=arm,
+                    decided_by="champion",
+                    decision=outcome.decision,
+                    hard_rule=outcome.hard_rule,
+                    hard_rule_reason=outcome.hard_rule_reason,
+                    pd=pd_i,
+                    grade=grade_i,
+                    rate=outcome.rate,
+                    credit_limit=outcome.credit_limit,
+                    reason_codes=_reason_codes(outcome, reasons[i]),
+                    champion_model=self.champion.tag,
+                    champion_pd=pd_i,
+                    champion_score=None if champ.score is None else float(champ.score[i]),
+                    champion_grade=grade_i,
+                    challenger_model=challenger_model,
+                    policy=policy,
+                    features_ms=features_ms,
+                    champion_ms=champion_ms,
+                    batch_size=n,
+                )
+            )
 
         ch = self._finish_challenger(started, n)
         total_ms = (time.perf_counter() - t0) * 1000
         ch_grades = self.scale.grade(ch.output.pd) if ch.output is not None else None
         for i, record in enumerate(records):
-            record.update(
-                challenger_status=ch.status, challenger_error=ch.error, challenger_ms=ch.ms, total_ms=total_ms
-            )
+            record.challenger_status, record.challenger_error = ch.status, ch.error
+            record.challenger_ms, record.total_ms = ch.ms, total_ms
             if ch.output is None:
                 continue
             ch_pd = float(ch.output.pd[i])
             applicant, raw_i = inputs[i]
             # what the challenger would have decided (governance compares), or decides on its arm
             ch_outcome = self.policy.decide(pd_=ch_pd, applicant=applicant, raw=raw_i)
-            record.update(challenger_pd=ch_pd, challenger_grade=str(ch_grades[i]), challenger_decision=ch_outcome.decision)  # fmt: skip
-            if record["arm"] == "challenger":
-                record.update(
-                    _decided(ch_outcome, ch_pd, str(ch_grades[i]), reasons[i]), decided_by="challenger"
+            ch_grade = str(ch_grades[i])
+            record.challenger_pd, record.challenger_grade = ch_pd, ch_grade
+            record.challenger_decision = ch_outcome.decision
+            if record.arm == "challenger":
+                record.set_decision(
+                    decision=ch_outcome.decision,
+                    hard_rule=ch_outcome.hard_rule,
+                    hard_rule_reason=ch_outcome.hard_rule_reason,
+                    pd=ch_pd,
+                    grade=ch_grade,
+                    rate=ch_outcome.rate,
+                    credit_limit=ch_outcome.credit_limit,
+                    reason_codes=_reason_codes(ch_outcome, reasons[i]),
                 )
+                record.decided_by = "challenger"
         return records
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _decided(outcome: Outcome, pd_: float, grade: str, reasons: list[str]) -> dict[str, Any]:
-    """A record's decision fields from the deciding model's PD and policy outcome (a hard rule leads
-    the reason codes; the scorecard's reasons follow)."""
-    return {
-        "decision": outcome.decision,
-        "hard_rule": outcome.hard_rule,
-        "hard_rule_reason": outcome.hard_rule_reason,
-        "pd": pd_,
-        "grade": grade,
-        "rate": outcome.rate,
-        "credit_limit": outcome.credit_limit,
-        "reason_codes": ([outcome.hard_rule] if outcome.hard_rule else []) + reasons,
-    }
-
-
-RESPONSE_ONLY = {"applicant_id", "hard_rule_reason", "challenger_error", "batch_size"}
-
-
-def log_row(record: dict[str, Any]) -> dict[str, Any]:
-    """The decision-log row of a record: no raw applicant id, reason codes as JSON text."""
-    row = {k: v for k, v in record.items() if k not in RESPONSE_ONLY}
-    row["reason_codes"] = json.dumps(record["reason_codes"])
-    return row
-
-
-def response_of(record: dict[str, Any]) -> dict[str, Any]:
-    """The JSON answer for a decision system."""
-    return {
-        "request_id": record["request_id"],
-        "decision_id": record["decision_id"],
-        "applicant_id": record["applicant_id"],
-        "decision": record["decision"],
-        "pd": record["pd"],
-        "grade": record["grade"],
-        "score": record["champion_score"],
-        "rate": record["rate"],
-        "credit_limit": record["credit_limit"],
-        "reason_codes": record["reason_codes"],
-        "hard_rule": record["hard_rule"],
-        "hard_rule_reason": record["hard_rule_reason"],
-        "arm": record["arm"],
-        "decided_by": record["decided_by"],
-        "champion": {
-            "model": record["champion_model"],
-            "pd": record["champion_pd"],
-            "score": record["champion_score"],
-            "grade": record["champion_grade"],
-        },
-        "challenger": {
-            "model": record["challenger_model"],
-            "status": record["challenger_status"],
-            "pd": record["challenger_pd"],
-            "grade": record["challenger_grade"],
-            "decision": record["challenger_decision"],
-        },
-        "policy": record["policy"],
-        "timings_ms": {
-            "features": round(record["features_ms"], 3),
-            "champion": round(record["champion_ms"], 3),
-            "challenger": None if record["challenger_ms"] is None else round(record["challenger_ms"], 3),
-            "scoring": round(record["total_ms"], 3),
-            "batch_size": record["batch_size"],  # applicants decided together (see serving.service)
-        },
-    }
+def _reason_codes(outcome: Outcome, reasons: list[str]) -> list[str]:
+    """A hard rule that decided leads the reason codes; the scorecard's reasons follow."""
+    return [outcome.hard_rule, *reasons] if outcome.hard_rule else list(reasons)

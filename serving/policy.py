@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from govrisk.serving.config import HardRule, PolicyConfig
+from govrisk.serving.config import CreditPolicyConfig, HardRule
 
 
 @dataclass(frozen=True)
@@ -21,10 +21,12 @@ class Outcome:
     credit_limit: float | None  # None when declined
 
 
-class Policy:
-    """A validated `PolicyConfig`, with every field it reads checked against the model's inputs."""
+class CreditPolicy:
+    """A validated `CreditPolicyConfig`, with every field it reads checked against the model's inputs."""
 
-    def __init__(self, *, config: PolicyConfig, applicant_fields: set[str], raw_features: list[str]) -> None:
+    def __init__(
+        self, *, config: CreditPolicyConfig, applicant_fields: set[str], raw_features: list[str]
+    ) -> None:
         known = applicant_fields | set(raw_features)
         for rule in config.hard_rules:
             if rule.field not in known:

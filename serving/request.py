@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from govrisk.data.contract import MONTH, ColumnSpec, Contract
+from govrisk.data.months import month_number, month_of, months_since_1970
 
 MAX_ERRORS = 20  # listed per response; enough to fix a request, bounded for a hostile one
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -196,7 +197,7 @@ class RequestParser:
         if not 1 <= month <= 12:
             errors.append(FieldError(path, v, "is not a calendar month"))
             return None
-        return (year - 1970) * 12 + month - 1
+        return months_since_1970(year, month)
 
     # --- one applicant --------------------------------------------------------------------------
     def _applicant(
@@ -244,7 +245,7 @@ class RequestParser:
                         f"{prefix}applicant.{date_col}", a[date_col], f"is in the future (today {today})"
                     )
                 )
-            app_month = (app_date.year - 1970) * 12 + app_date.month - 1
+            app_month = month_of(app_date)
         for col, spec in self.applicant_columns.items():
             v = row.get(col)
             if spec.type == "date" and col != date_col and isinstance(v, dt.date) and v > today:
@@ -252,7 +253,7 @@ class RequestParser:
                     FieldError(f"{prefix}applicant.{col}", a[col], f"is in the future (today {today})")
                 )
 
-        now_month = (today.year - 1970) * 12 + today.month - 1
+        now_month = month_of(today)
         monthly: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         key = self.contract.key
         for table, tspec in self.contract.monthly.items():
@@ -420,8 +421,8 @@ class RequestParser:
         ids = applicants[key]
         if len(set(ids.tolist())) != len(ids):
             return None
-        app_month = applicants[date_col].astype("datetime64[M]").astype(np.int64)
-        now_month = (today.year - 1970) * 12 + today.month - 1
+        app_month = month_number(applicants[date_col])
+        now_month = month_of(today)
 
         monthly: dict[str, dict[str, np.ndarray]] = {}
         for table, tspec in self.contract.monthly.items():

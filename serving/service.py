@@ -24,9 +24,10 @@ import orjson
 from _bentoml_sdk.io_models import IORootModel
 from starlette.responses import JSONResponse, Response
 
+from govrisk.core.records import DecisionRecord
 from govrisk.serving.config import ServingConfig, key_accepted, load_serving_config
 from govrisk.serving.decision_log import DecisionLog
-from govrisk.serving.engine import Scorer, log_row, response_of
+from govrisk.serving.engine import Scorer
 from govrisk.serving.request import BadInput, FieldError, json_safe
 
 log = logging.getLogger("govrisk.serving")
@@ -295,7 +296,9 @@ class Scoring:
     def __is_ready__(self) -> bool:
         return self.scorer.champion is not None and self.log.reachable()
 
-    async def _decide(self, bodies: list[Any], *, endpoint: str, prefix: str) -> list[dict] | JSONResponse:
+    async def _decide(
+        self, bodies: list[Any], *, endpoint: str, prefix: str
+    ) -> list[DecisionRecord] | JSONResponse:
         """/score_batch: one request, many applicants, decided in a worker thread."""
         try:
             batch = self.scorer.parser.parse(bodies, prefix=prefix)
@@ -309,12 +312,12 @@ class Scoring:
         self._observe(records, endpoint)
         return records
 
-    def _decide_and_record(self, batch: Any, **score: Any) -> list[dict]:
+    def _decide_and_record(self, batch: Any, **score: Any) -> list[DecisionRecord]:
         """Decide a checked batch and commit its records in one transaction, in the calling thread;
         LogUnavailable if the commit fails (a decision that is not on record is never acknowledged)."""
         records = self.scorer.score(batch, **score)
         try:
-            self.log.write([log_row(r) for r in records])
+            self.log.write([r.log_row() for r in records])
         except Exception as e:
             log.exception("decision log write failed")
             raise LogUnavailable(e) from e
@@ -328,7 +331,7 @@ class Scoring:
     # for a batch to fill: an idle server decides a lone request at once, a busy one decides together
     # whatever arrived while it was busy (adaptive batching), and commits each batch's records in one
     # transaction.
-    async def _score_one(self, body: Any) -> dict | BadInput | LogUnavailable:
+    async def _score_one(self, body: Any) -> DecisionRecord | BadInput | LogUnavailable:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
         self._waiting.append((body, fut))
@@ -393,22 +396,20 @@ class Scoring:
             results[i] = record
         return results
 
-    def _observe(self, records: list[dict], endpoint: str) -> None:
+    def _observe(self, records: list[DecisionRecord], endpoint: str) -> None:
         r0 = records[0]
-        MODEL_LATENCY.labels(role="features", endpoint=endpoint).observe(r0["features_ms"] / 1000)
-        MODEL_LATENCY.labels(role="champion", endpoint=endpoint).observe(r0["champion_ms"] / 1000)
-        if r0["challenger_ms"] is not None:
-            MODEL_LATENCY.labels(role="challenger", endpoint=endpoint).observe(r0["challenger_ms"] / 1000)
-        if r0["challenger_status"] not in ("ok", "off"):
-            CHALLENGER_FAILURES.labels(status=r0["challenger_status"]).inc()
+        MODEL_LATENCY.labels(role="features", endpoint=endpoint).observe(r0.features_ms / 1000)
+        MODEL_LATENCY.labels(role="champion", endpoint=endpoint).observe(r0.champion_ms / 1000)
+        if r0.challenger_ms is not None:
+            MODEL_LATENCY.labels(role="challenger", endpoint=endpoint).observe(r0.challenger_ms / 1000)
+        if r0.challenger_status not in ("ok", "off"):
+            CHALLENGER_FAILURES.labels(status=r0.challenger_status).inc()
         # Counted here, then one increment per label set: each increment of a multiprocess metric
         # writes its file, and one per applicant took 7 % of a worker's time on /score_batch.
-        decisions = Counter((r["decision"], r["decided_by"]) for r in records)
-        compared = [r for r in records if r["challenger_pd"] is not None]
-        grade = sum(r["challenger_grade"] != r["champion_grade"] for r in compared)
-        decision = sum(
-            r["decided_by"] == "champion" and r["challenger_decision"] != r["decision"] for r in compared
-        )
+        decisions = Counter((r.decision, r.decided_by) for r in records)
+        compared = [r for r in records if r.challenger_pd is not None]
+        grade = sum(r.challenger_grade != r.champion_grade for r in compared)
+        decision = sum(r.decided_by == "champion" and r.challenger_decision != r.decision for r in compared)
         for (outcome, decided_by), count in decisions.items():
             DECISIONS.labels(decision=outcome, decided_by=decided_by).inc(count)
         if compared:
@@ -440,7 +441,7 @@ class Scoring:
             return _log_unavailable(result.error)  # type: ignore[return-value]
         if isinstance(result, Exception):
             raise result
-        return _answer(response_of(result))  # type: ignore[return-value]
+        return _answer(result.response())  # type: ignore[return-value]
 
     @bentoml.api(route="/score_batch", input_spec=BATCH_BODY)
     async def score_batch(self, body: Any, /) -> dict[str, Any]:
@@ -466,8 +467,8 @@ class Scoring:
         result = await self._decide(applicants, endpoint="score_batch", prefix="applicants[{i}].")
         if isinstance(result, JSONResponse):
             return result  # type: ignore[return-value]
-        decisions = [response_of(r) for r in result]
-        return _answer({"request_id": result[0]["request_id"], "decisions": decisions})  # type: ignore[return-value]
+        decisions = [r.response() for r in result]
+        return _answer({"request_id": result[0].request_id, "decisions": decisions})  # type: ignore[return-value]
 
     @staticmethod
     def _refuse(field: str, value: Any, message: str) -> JSONResponse:

@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from govrisk.core.schema import FEATURE_SCHEMA_VERSION, FeatureSchema
 from govrisk.data.features import FeatureBuilder, FeatureSet, month_number
+from govrisk.data.months import month_of, months_since_1970
 from govrisk.data.store import Dataset
 
 
@@ -28,9 +30,9 @@ def test_shapes_match_the_schema(tiny_features) -> None:
     builder, fs = tiny_features
     schema = builder.schema()
     n = len(fs)
-    assert fs.sequence.shape == (n, builder.config.lookback_months, len(schema["sequence_channels"]))
-    assert fs.static.shape == (n, len(schema["static_features"]))
-    assert list(fs.raw.columns) == schema["raw_features"]
+    assert fs.sequence.shape == (n, builder.config.lookback_months, len(schema.sequence_channels))
+    assert fs.static.shape == (n, len(schema.static_features))
+    assert list(fs.raw.columns) == schema.raw_features
     assert fs.sequence.dtype == np.float32 and fs.static.dtype == np.float32
     assert np.isfinite(fs.sequence).all() and np.isfinite(fs.static).all()
     assert set(np.unique(fs.labels)) == {0.0, 1.0}
@@ -112,7 +114,7 @@ def test_unknown_categories_fall_into_the_unknown_bucket(tiny_county, tiny_featu
     a = tiny_county.applicants.iloc[:3].copy()
     a["township"] = "T-never-seen"
     fs = builder.transform(a, _records_of(tiny_county, list(a.applicant_id)))
-    names = builder.schema()["static_features"]
+    names = builder.schema().static_features
     assert (fs.static[:, names.index("township=__unknown__")] == 1).all()
     assert (fs.raw["township"] == -1).all()
 
@@ -176,3 +178,97 @@ def test_batch_size_never_changes_a_value(tiny_county, tiny_features) -> None:
     small = FeatureBuilder.from_schema(builder.schema())
     small.batch_size = 7
     _assert_same(batch, small.transform(tiny_county.applicants, tiny_county.monthly))
+
+
+# --- the typed feature schema ------------------------------------------------------------------------
+def test_schema_is_typed_and_its_file_keeps_the_format(tmp_path: Path, tiny_features) -> None:
+    """`schema()` is a FeatureSchema whose file is, byte for byte, the dict the builder always wrote
+    (keys in this order, feature lists unsorted): models registered before the type still load, and
+    their schema digests (which decide whether champion and challenger share a transform) still match."""
+    builder, _ = tiny_features
+    schema = builder.schema()
+    assert isinstance(schema, FeatureSchema)
+    fitted = builder.fitted
+    legacy = {
+        "schema_version": FEATURE_SCHEMA_VERSION,
+        "config": builder.config.model_dump(mode="json"),
+        "contract": builder.contract.model_dump(mode="json"),
+        "fitted": fitted,
+        "sequence_channels": fitted["sequence_channels"],
+        "static_features": fitted["static_features"],
+        "raw_features": fitted["raw_features"],
+        "categorical_raw": sorted(fitted["vocab"]),
+    }
+    text = builder.save(tmp_path / "feature_schema.json").read_text()
+    assert text == json.dumps(legacy, indent=1) + "\n" == schema.to_json()
+    loaded = FeatureSchema.load(tmp_path / "feature_schema.json")
+    assert loaded == schema and loaded.to_json() == text
+    assert loaded.raw_features == list(fitted["raw_features"]) and loaded.categorical_raw == sorted(
+        fitted["vocab"]
+    )
+
+
+def test_from_schema_takes_the_model_its_json_or_a_path(tmp_path: Path, tiny_county, tiny_features) -> None:
+    builder, _ = tiny_features
+    path = builder.save(tmp_path / "feature_schema.json")
+    a = tiny_county.applicants.iloc[:40].reset_index(drop=True)
+    monthly = _records_of(tiny_county, list(a.applicant_id))
+    want = builder.transform(a, monthly)
+    for given in (builder.schema(), json.loads(path.read_text()), path, str(path)):
+        served = FeatureBuilder.from_schema(given)
+        assert served.schema() == builder.schema()
+        _assert_same(want, served.transform(a, monthly))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schema_version": FEATURE_SCHEMA_VERSION + 1}, "feature schema version"),
+        ({"surprise": 1}, "Extra inputs are not permitted"),
+        ({"raw_features": "not a list"}, "raw_features"),
+    ],
+)
+def test_a_schema_of_another_format_is_refused(tiny_features, change: dict, message: str) -> None:
+    builder, _ = tiny_features
+    text = builder.schema().to_json()
+    with pytest.raises(ValueError, match=message):
+        FeatureBuilder.from_schema(json.loads(text) | change)
+    with pytest.raises(ValueError, match=message):
+        FeatureSchema.from_json(json.dumps(json.loads(text) | change))
+
+
+def test_a_schema_missing_a_key_is_refused(tiny_features) -> None:
+    builder, _ = tiny_features
+    data = json.loads(builder.schema().to_json())
+    del data["fitted"]
+    with pytest.raises(ValueError, match="fitted"):
+        FeatureBuilder.from_schema(data)
+
+
+# --- month arithmetic ------------------------------------------------------------------------------
+def test_month_arithmetic_has_one_answer() -> None:
+    """The scalar form (request parser) and the array form (features, training, monitoring) count the
+    same months from the same epoch."""
+    import datetime as dt
+
+    from govrisk.serving.request import RequestParser
+
+    years, months = np.meshgrid(np.arange(1900, 2101), np.arange(1, 13), indexing="ij")
+    dates = np.array(
+        [f"{y:04d}-{m:02d}-15" for y, m in zip(years.ravel(), months.ravel(), strict=True)],
+        dtype="datetime64[D]",
+    )
+    vector = month_number(dates)
+    assert vector.tolist() == [
+        months_since_1970(int(y), int(m)) for y, m in zip(years.ravel(), months.ravel(), strict=True)
+    ]
+    assert vector.tolist() == [month_of(d) for d in dates.tolist()]
+    assert months_since_1970(1970, 1) == 0 and month_of(dt.date(1969, 12, 31)) == -1
+    assert month_number(pd.Series(["2024-03-01", "2024-03-31"])).tolist() == [months_since_1970(2024, 3)] * 2
+    # the request parser's value-by-value check reads a month with the same count
+    errors: list = []
+    assert (
+        RequestParser._month(None, "m", "2024-03", errors)
+        == month_number(np.array(["2024-03"], "datetime64[M]"))[0]
+    )
+    assert not errors

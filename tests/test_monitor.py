@@ -1,7 +1,7 @@
 """Monitoring (issue #6): outcomes played forward, the live governance report and its alerts, the book.
 
 The decision logs here are written by the serving code itself, in-process: `serving.engine.Scorer`
-scores request bodies built from a fresh county and `DecisionLog` commits `log_row` of each record,
+scores request bodies built from a fresh county and `DecisionLog` commits each record's `log_row()`,
 which is what the server does per request (the real server's version of the loop is the slow test
 at the end). Models: a scorecard and a small CNN trained on the tiny county, as in test_report.py.
 """
@@ -76,7 +76,7 @@ def write_log(
     from devtools.client import request_bodies
     from govrisk.serving.config import load_serving_config
     from govrisk.serving.decision_log import DecisionLog
-    from govrisk.serving.engine import Scorer, log_row
+    from govrisk.serving.engine import Scorer
 
     challenger = {"tag": models["challenger"], "budget_ms": 10_000} | over.pop("challenger", {})
     cfg = load_serving_config("default", champion=models["champion"], challenger=challenger,
@@ -86,7 +86,7 @@ def write_log(
         bodies = request_bodies(read_dataset(dataset))[rows]
         for start in range(0, len(bodies), 500):
             records = scorer.score(scorer.parser.parse(bodies[start : start + 500]), endpoint="score_batch")
-            log.write([log_row(r) for r in records])
+            log.write([r.log_row() for r in records])
     finally:
         log.close()
         scorer.close()

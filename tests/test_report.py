@@ -200,10 +200,10 @@ def test_report_refuses_bad_input_naming_it(models: dict, tmp_path: Path) -> Non
 
 
 def with_policy(report: dict, policy: Path, out: Path) -> dict:
-    from govrisk.research.governance import load_policy, recommend
+    from govrisk.research.governance import load_governance_policy, recommend
     from govrisk.research.report import write_report
 
-    pol = load_policy(policy)
+    pol = load_governance_policy(policy)
     report = report | {"policy": {"name": str(policy)} | pol.model_dump(mode="json")}
     report["recommendation"] = recommend(report, pol)
     write_report(report, out)
@@ -269,10 +269,10 @@ def test_promote_follows_the_report_and_audits_every_change(
 
 
 def test_thin_file_rule_hand_checked(tiny_county) -> None:
-    from govrisk.research.governance import load_policy
+    from govrisk.research.governance import load_governance_policy
     from govrisk.research.report import thin_file
 
-    seg = load_policy().segments
+    seg = load_governance_policy().segments
     thin, rule = thin_file(tiny_county, seg)
     a = tiny_county.applicants
     age = (a.application_date.dt.year - a.registration_date.dt.year) * 12 + (
