@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -193,8 +195,18 @@ def train_cmd(
         raise typer.Exit(2) from None
     from govrisk.training.train import train
 
-    with console.status(f"training {cfg.name} ({cfg.model.kind})"):
-        result = train(cfg, params, devices=devices, strategy="ddp" if devices > 1 else "auto")
+    callbacks = []
+    if cfg.model.kind != "scorecard":
+        # A line per epoch (val AUROC, KS, Brier): printed through the spinner's console, above it.
+        from govrisk.training.lightning import EpochProgress
+
+        callbacks.append(EpochProgress(console))
+    # DDP relaunches this command once per extra rank (LOCAL_RANK set): one spinner, rank 0's.
+    rank0 = os.environ.get("LOCAL_RANK", "0") == "0"
+    with console.status(f"training {cfg.name} ({cfg.model.kind})") if rank0 else contextlib.nullcontext():
+        result = train(
+            cfg, params, callbacks=callbacks, devices=devices, strategy="ddp" if devices > 1 else "auto"
+        )
     m = result.metrics
     if not m:  # a DDP rank other than 0: rank 0 reports
         return
@@ -203,6 +215,8 @@ def train_cmd(
     out.print(
         f"ONNX parity max |Δp| {result.onnx_parity['max_abs_diff']:.2e} on {result.onnx_parity['rows']:,} rows"
     )
+    if (result.run_dir / "tensorboard").is_dir():
+        out.print(f"TensorBoard tensorboard --logdir {result.run_dir / 'tensorboard'}")
     for split in ("train", "val", "oot"):
         out.print(
             f"{split:5s} AUC {m[f'{split}/auroc']:.4f}  KS {m[f'{split}/ks']:.4f}  Brier {m[f'{split}/brier']:.4f}"

@@ -63,6 +63,22 @@ def tune_cmd(
             min=1,
         ),
     ] = 30,
+    pruner_startup_trials: Annotated[
+        int | None,
+        typer.Option(
+            help="Median pruner: complete trials before any trial may be pruned; "
+            "default: the search space's pruner.n_startup_trials.",
+            min=0,
+        ),
+    ] = None,
+    pruner_warmup_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Median pruner: epochs every trial gets before it may be pruned; "
+            "default: the search space's pruner.n_warmup_steps.",
+            min=0,
+        ),
+    ] = None,
     report: Annotated[
         bool, typer.Option("--report", help="Print the study's report instead of tuning.")
     ] = False,
@@ -85,6 +101,9 @@ def tune_cmd(
         space = tune.load_search_space(search or model)
         if model is not None and space.model != model:
             raise ValueError(f"search space {search!r} tunes {space.model!r}, not --model {model!r}")
+        space = tune.with_pruner(
+            space, n_startup_trials=pruner_startup_trials, n_warmup_steps=pruner_warmup_steps
+        )
         spec = tune.StudySpec.create(
             space,
             experiment=experiment,

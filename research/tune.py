@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,20 @@ class SearchSpace(StrictModel):
 def load_search_space(name_or_path: str | Path) -> SearchSpace:
     """`configs/search/<name>.yaml` (or a path), validated; errors name the key."""
     return load_config("search", name_or_path, SearchSpace)
+
+
+def with_pruner(space: SearchSpace, **settings: Any) -> SearchSpace:
+    """The search space with some `pruner` settings replaced (None: keep the file's), validated.
+    What `govrisk tune --pruner-startup-trials / --pruner-warmup-steps` do: a short study (the
+    demo's 4 trials) needs fewer complete trials before the median pruner may stop one."""
+    given = {k: v for k, v in settings.items() if v is not None}
+    if not given:
+        return space
+    if space.pruner.kind != "median":
+        raise ValueError(
+            f"{', '.join(given)}: settings of the median pruner; this search space uses {space.pruner.kind}"
+        )
+    return SearchSpace.model_validate(space.model_dump() | {"pruner": space.pruner.model_dump() | given})
 
 
 def storage_url(url: str | None) -> str:
@@ -461,36 +476,69 @@ def run_worker(
     timeout: float | None = None,
     threads: int | None = None,
     echo: bool = True,
+    console: Any = None,
 ) -> dict[str, Any]:
     """Join (or create) the study and run trials until it has `trials` finished ones, the timeout
-    passes, or the process is stopped; then write the best config and return the study report."""
-    import warnings
+    passes, or the process is stopped; then write the best config and return the study report.
 
+    With `echo`, a line per finished trial goes to `console` (a rich Console; default stdout): its
+    state, its metric (a pruned trial's last reported value and the epoch it stopped at), the best
+    so far and the worker's elapsed time; then a line with this worker's totals."""
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
+    from rich.console import Console
 
     from govrisk.training.lightning import set_threads
     from govrisk.training.train import reuse_prepared
 
     _quiet()
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     set_threads(threads)
     study, created = open_study(spec)
     t0 = time.perf_counter()
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    metric = spec.space.metric
+    ran: dict[str, int] = {}
+    colour = {"complete": "green", "pruned": "yellow", "fail": "red"}
+    if echo:
+        p = spec.space.pruner
+        pruning = (
+            f"median pruner: a trial below the median from epoch {p.n_warmup_steps + 1} on stops, "
+            f"once {p.n_startup_trials} trials are complete"
+            if p.kind == "median"
+            else f"hyperband pruner: rungs from {p.min_resource} epochs, reduction factor {p.reduction_factor}"
+        )
+        console.print(f"study {spec.study}: {_finished(study)} of {trials} trials finished; {pruning}; "
+                      f"trial 0 is the default config", highlight=False)  # fmt: skip
 
     def progress(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
         if not echo or t.user_attrs.get("skipped"):
             return
-        value = f"{t.value:.4f}" if t.value is not None else "-"
-        best = (
-            f"{st.best_value:.4f}"
-            if any(x.state == TrialState.COMPLETE for x in st.get_trials(deepcopy=False))
-            else "-"
+        state = t.state.name.lower()
+        ran[state] = ran.get(state, 0) + 1
+        if t.value is not None:
+            value = f"{metric} {t.value:.4f}"
+        elif t.intermediate_values:  # pruned: the value that lost against the median
+            last = max(t.intermediate_values)
+            value = f"{metric} {t.intermediate_values[last]:.4f}"
+        else:
+            value = f"{metric} {'-':6s}"
+        epochs = t.user_attrs.get("epochs", max(t.intermediate_values, default=-1) + 1)
+        done = [x for x in st.get_trials(deepcopy=False) if x.state == TrialState.COMPLETE]
+        best = max(done, key=lambda x: x.value) if done else None
+        note = " (default config)" if t.user_attrs.get("role") == DEFAULT_ROLE else ""
+        note += (
+            f" (same parameters as trial {t.user_attrs['duplicate_of']})"
+            if "duplicate_of" in t.user_attrs
+            else ""
         )
-        steps = t.user_attrs.get("epochs", max(t.intermediate_values, default=-1) + 1)
-        print(f"trial {t.number:3d} {t.state.name.lower():8s} {spec.space.metric} {value} after {steps} epochs"
-              f"  best {best}  [{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
+        console.print(
+            f"trial {t.number:3d}  [{colour.get(state, 'white')}]{state:8s}[/]  {value}"
+            f" after {epochs} epoch{'s' if epochs != 1 else ''}"
+            f"  best {f'{best.value:.4f} (trial {best.number})' if best else '-'}"
+            f"  [{time.perf_counter() - t0:.0f} s]{note}",
+            highlight=False,
+        )
 
     if _finished(study) < trials:
         with reuse_prepared():
@@ -507,6 +555,9 @@ def run_worker(
     summary = study_report(spec, study=study)
     summary["worker_seconds"] = time.perf_counter() - t0
     summary["created_study"] = created
+    if echo:
+        counts = ", ".join(f"{n} {state}" for state, n in ran.items()) or "no trial run"
+        console.print(f"this worker: {counts} in {summary['worker_seconds']:.0f} s", highlight=False)
     return summary
 
 

@@ -20,8 +20,9 @@ $GOVRISK train --config county_scorecard
 $GOVRISK train --config county_cnn
 echo "== 6. The model registry"
 $GOVRISK models list
-echo "== 7. Tune the challenger briefly (Optuna: 4 trials of at most 2 epochs, a SQLite study in the work folder)"
-$GOVRISK tune --model cnn --trials 4 --timeout 240 --threads 1 model.params.trainer.max_epochs=2
+echo "== 7. Tune the challenger briefly (Optuna: 4 trials of at most 2 epochs, a SQLite study in the work folder;"
+echo "   the median pruner may stop trials 2 and 3 after their first epoch, once trials 0 and 1 are complete)"
+$GOVRISK tune --model cnn --trials 4 --timeout 240 --threads 1 --pruner-startup-trials 2 model.params.trainer.max_epochs=2
 echo "== 8. Governance report: champion scorecard against challenger CNN, on the county's out-of-time rows"
 REPORT="$WORK/reports/county-scorecard-vs-cnn"
 $GOVRISK report --champion county-scorecard:latest --challenger county-cnn:latest --out "$REPORT"

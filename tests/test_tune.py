@@ -290,3 +290,54 @@ def test_trials_of_one_worker_prepare_the_data_once(tiny_county_path: Path) -> N
         assert prepare(cfg) is first  # the same objects: nothing read or featurised again
         assert prepare(other) is not first and prepare(other)[2]["oot"].size < first[2]["oot"].size
     assert prepare(cfg) is not first  # outside the block every call prepares afresh
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # trials asked by hand, not by optimize
+def test_the_configured_pruner_stops_a_clearly_bad_trial_after_its_first_epoch(
+    tmp_path: Path, tiny_space: Path, tiny_county_path: Path
+) -> None:
+    """TINY_SPACE's median pruner comes from its YAML (n_startup_trials 2, n_warmup_steps 0). Two
+    complete trials at a val/auroc no tiny CNN reaches (0.99 at every epoch) make the next, real
+    trial clearly bad: Lightning's pruning callback stops it after epoch 1. With n_startup_trials 3
+    (what `govrisk tune --pruner-startup-trials 3` sets) two complete trials prune nothing."""
+    from optuna.distributions import FloatDistribution
+
+    from govrisk.research.tune import with_pruner
+
+    space = TINY_SPACE["params"]
+    dists = {k: FloatDistribution(p["low"], p["high"], log=p.get("log", False)) for k, p in space.items()}
+
+    def study_with_two_strong_trials(search, name: str):
+        spec = StudySpec.create(search, overrides=[f"data.dataset={tiny_county_path}", "data.generate=null"],
+                                storage=f"sqlite:///{tmp_path}/studies.db", study=name)  # fmt: skip
+        study, _ = open_study(spec)
+        default = study.ask()  # trial 0, the default config: never pruned, so out of the way here
+        assert study.trials[default.number].user_attrs["role"] == "default"
+        study.tell(default, state=TrialState.FAIL)
+        for lr in (1e-3, 2e-3):
+            study.add_trial(optuna.trial.create_trial(
+                params={"model.params.optim.lr": lr, "model.params.net.dropout": 0.1}, distributions=dists,
+                value=0.99, intermediate_values={0: 0.99, 1: 0.99}))  # fmt: skip
+        return spec, study
+
+    search = load_search_space(tiny_space)
+    assert (search.pruner.n_startup_trials, search.pruner.n_warmup_steps) == (2, 0)
+    spec, study = study_with_two_strong_trials(search, "prunes")
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned):
+        make_objective(spec, 10)(trial)
+    reported = study.trials[trial.number].intermediate_values
+    assert list(reported) == [0] and reported[0] < 0.99  # stopped after its first of two epochs
+
+    later = with_pruner(search, n_startup_trials=3)
+    assert later.pruner.n_startup_trials == 3 and later.pruner.n_warmup_steps == 0
+    _, study = study_with_two_strong_trials(later, "waits")
+    trial = study.ask()
+    trial.report(0.5, step=0)
+    assert not trial.should_prune()  # two complete trials are fewer than the three it waits for
+    trial.report(0.5, step=1)
+    assert not trial.should_prune()
+    with pytest.raises(ValueError, match="hyperband"):
+        with_pruner(load_search_space("tabular"), n_startup_trials=2)
+    with pytest.raises(ValueError, match="n_warmup_steps"):
+        with_pruner(search, n_warmup_steps=-1)

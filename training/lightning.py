@@ -10,7 +10,15 @@ Choices that matter for a credit model:
   the ensemble's logit averaging.
 - Metrics: one `RiskMetrics` object per split (train, val and each named test split), never shared,
   so one split's state never leaks into another's figure. Logged once per epoch as `split/auroc`,
-  `split/ks`, `split/brier`, `split/logloss`; `compute()` syncs across DDP processes.
+  `split/ks`, `split/brier`, `split/logloss`: the torchmetrics objects themselves are logged, so
+  Lightning computes them at epoch end, where `compute()` syncs across DDP processes (a tensor
+  computed by hand and logged without `sync_dist` is what Lightning warns about). The training loss
+  goes to `train/loss` every few steps and to `train/loss_epoch`, a mean over all ranks' rows.
+- Logs: per-epoch metrics and the hyperparameters (the model's and, through `fit_net(experiment=)`,
+  the resolved experiment config flattened to dotted keys) go to TensorBoard under
+  `<log_dir>/tensorboard/` (`tensorboard --logdir <run folder or runs/>`) and to a CSV file
+  `logs/metrics.csv` beside `logs/hparams.yaml` in the trainer's root folder. `EpochProgress` prints one line
+  per epoch; Lightning's own start-up lines (device banner, logger advertisement) are kept quiet.
 - Data: whole splits live in memory as tensors; the sampler yields index tensors and the dataset
   slices a batch in one indexing call (`batch_size=None`), so there is no per-row Python. The
   sampler shards across DDP ranks itself, which is why `make_trainer` turns Lightning's sampler
@@ -19,8 +27,11 @@ Choices that matter for a credit model:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,16 +43,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from govrisk.data.features import FeatureSet
-from govrisk.training.nets import Calibrated, CnnNetConfig, TabularNetConfig, build_net
 from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from pydantic import Field
+from rich.console import Console
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchmetrics.classification import BinaryAUROC, BinaryROC
 
 from govrisk.core.config import StrictModel, config_path, read_yaml, validate
+from govrisk.data.features import FeatureSet
+from govrisk.training.nets import Calibrated, CnnNetConfig, TabularNetConfig, build_net
 
 MONITOR = "val/auroc"
 
@@ -230,13 +242,21 @@ class BatchIndexSampler(Sampler[Tensor]):
 
     def _drops(self, n: int) -> bool:
         # Drop a ragged last batch only when a full one exists: a rank's shard smaller than one
-        # batch still trains.
+        # batch still trains (`count` follows the same rule).
         return self.drop_last and n >= self.batch_size
 
     def __len__(self) -> int:
         rank, world = self._world()
-        n = math.ceil(self.n / world) if self.pad else len(range(rank, self.n, world))
-        return n // self.batch_size if self._drops(n) else math.ceil(n / self.batch_size)
+        return self.count(
+            self.n, self.batch_size, world=world, rank=rank, pad=self.pad, drop_last=self.drop_last
+        )
+
+    @staticmethod
+    def count(n: int, batch_size: int, *, world: int = 1, rank: int = 0, pad: bool, drop_last: bool) -> int:
+        """Batches one rank gets (what `len()` says once the process group exists)."""
+        n = math.ceil(n / world) if pad else len(range(rank, n, world))
+        drops = drop_last and n >= batch_size
+        return n // batch_size if drops else math.ceil(n / batch_size)
 
 
 class RiskDataModule(L.LightningDataModule):
@@ -306,7 +326,9 @@ class RiskModule(L.LightningModule):
     """Trains a bare net (TemporalConvNet / TabularNet) on BCE; see the module docstring.
 
     Pass the built net; the net's kind, config and shapes go into the hyperparameters, so
-    `RiskModule.load_from_checkpoint(path)` rebuilds it without being handed one.
+    `RiskModule.load_from_checkpoint(path)` rebuilds it without being handed one. `experiment` is
+    the resolved config the run came from, flattened to dotted keys (`flat_config`): it is only
+    recorded (hparams.yaml, TensorBoard's HPARAMS tab), never read.
     """
 
     def __init__(
@@ -323,20 +345,21 @@ class RiskModule(L.LightningModule):
         net_config: dict[str, Any] | None = None,
         n_channels: int | None = None,
         n_static: int | None = None,
+        experiment: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if net is None:
             if net_kind is None or net_config is None or n_static is None:
                 raise ValueError("RiskModule needs a net, or net_kind + net_config + shapes to rebuild one")
             net = build_net(net_kind, net_config, n_channels=n_channels or 0, n_static=n_static)
-        self.save_hyperparameters(ignore=["net"])
         # Record what the net is, so a checkpoint can rebuild it (the net object itself is not saved).
-        self.hparams.update(
-            net_kind=net.kind,
-            net_config=dict(net.config),
-            n_channels=getattr(net, "n_channels", None),
-            n_static=net.n_static,
-        )
+        # Set before `save_hyperparameters`, which reads these arguments' current values: what the
+        # loggers write at fit start (hparams.yaml, TensorBoard) is that snapshot, not later updates.
+        net_kind, net_config = net.kind, dict(net.config)
+        n_channels, n_static = getattr(net, "n_channels", None), net.n_static
+        test_splits = list(test_splits)  # a list, not a tuple: hparams.yaml stays plain YAML
+        experiment = dict(experiment) if experiment is not None else None
+        self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.test_splits = tuple(test_splits)
         clash = {"train", "val"} & set(self.test_splits)
@@ -365,11 +388,15 @@ class RiskModule(L.LightningModule):
         pw = torch.tensor(self.hparams.pos_weight) if self.hparams.pos_weight != 1.0 else None
         loss = F.binary_cross_entropy_with_logits(members, y.unsqueeze(1).expand_as(members), pos_weight=pw)
         self.split_metrics("train").update(members.mean(1), y)
-        self.log("train/loss", loss, batch_size=len(y), prog_bar=True)
+        self._log_split("train")
+        # Per step (rank 0's own batch; no sync needed) and per epoch (a mean over every rank's rows).
+        self.log("train/loss", loss, batch_size=len(y), on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss_epoch", loss, batch_size=len(y), on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def _eval_step(self, split: str, batch: Mapping[str, Tensor]) -> None:
         self.split_metrics(split).update(self.net(*self._inputs(batch)), batch["label"])
+        self._log_split(split)
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -381,24 +408,13 @@ class RiskModule(L.LightningModule):
         return self.net(*self._inputs(batch))
 
     def _log_split(self, split: str) -> None:
-        values = self.split_metrics(split).compute()  # synced across processes under DDP
-        self.log_dict(
-            {f"{split}/{k}": v for k, v in values.items()}, sync_dist=False, add_dataloader_idx=False
-        )
-        self.split_metrics(split).reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_split("train")
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:  # a couple of batches: not a figure anyone should read
-            self.split_metrics("val").reset()
-            return
-        self._log_split("val")
-
-    def on_test_epoch_end(self) -> None:
-        for split in self.test_splits:
-            self._log_split(split)
+        """Log the split's metric objects for the epoch: Lightning calls their `compute()` (synced
+        across DDP processes by torchmetrics) once at epoch end and resets them."""
+        m = self.split_metrics(split)
+        for name in m.names:
+            self.log(
+                f"{split}/{name}", getattr(m, name), on_step=False, on_epoch=True, add_dataloader_idx=False
+            )
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -479,6 +495,84 @@ def fit_calibration(
 # --- trainer ------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's INFO lines off for the block: the device banner ("GPU available: ...", "TPU
+    available: ..."), the logger advertisement, "Trainer.fit stopped", DDP's start-up lines. They go
+    through the `lightning.pytorch` / `lightning.fabric` loggers; warnings and errors still show."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def flat_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as one level of dotted keys (`model.params.optim.lr`), the form of the
+    experiment's `key=value` overrides; lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out |= flat_config(v, key + ".")
+        else:
+            out[key] = v
+    return out
+
+
+class EpochProgress(L.Callback):
+    """One line per epoch: epoch, mean train loss, val AUROC / KS / Brier, seconds since the start,
+    and `*` when val AUROC is the best so far; a last line says where the best epoch was and why
+    training stopped. Printed by rank 0 only, through a rich console (colour in a terminal, plain
+    lines in a log file)."""
+
+    COLUMNS = ("epoch", "train loss", "val/auroc", "val/ks", "val/brier", "elapsed")
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.t0 = time.perf_counter()
+        self.best: tuple[float, int] | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.t0, self.best = time.perf_counter(), None
+        if trainer.is_global_zero:
+            self.console.print("[bold]" + "  ".join(f"{c:>10s}" for c in self.COLUMNS) + "[/bold]")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs after this epoch's validation; `callback_metrics` computes the train epoch figures.
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if not trainer.is_global_zero or MONITOR not in m:
+            return
+        epoch = trainer.current_epoch + 1
+        mark = ""
+        if self.best is None or m[MONITOR] > self.best[0]:
+            self.best, mark = (m[MONITOR], epoch), " [green]*[/green]"
+        cells = [f"{epoch:>4d}/{trainer.max_epochs:<5d}"]
+        cells += [f"{m[k]:10.4f}" if k in m else f"{'-':>10s}"
+                  for k in ("train/loss_epoch", "val/auroc", "val/ks", "val/brier")]  # fmt: skip
+        cells.append(f"{time.perf_counter() - self.t0:9.1f}s")
+        self.console.print("  ".join(cells) + mark, highlight=False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or self.best is None:
+            return
+        stop = trainer.early_stopping_callback
+        why = (
+            f"early stop: no better {MONITOR} for {stop.patience} epochs"
+            if stop is not None and stop.stopped_epoch > 0
+            else "stopped early"
+            if trainer.current_epoch < trainer.max_epochs
+            else "all epochs run"
+        )
+        self.console.print(
+            f"best {MONITOR} {self.best[0]:.4f} at epoch {self.best[1]} ({why})", highlight=False
+        )
+
+
 def make_trainer(
     *,
     max_epochs: int,
@@ -492,13 +586,17 @@ def make_trainer(
     monitor: str = MONITOR,
     gradient_clip_val: float | None = None,
     logger: bool = True,
+    log_dir: str | Path | None = None,
+    log_every_n_steps: int = 50,
     ema_decay: float = 0.0,
     extra_callbacks: Sequence[L.Callback] = (),
 ) -> L.Trainer:
     """A Trainer with early stopping and best-checkpointing on `val/auroc` (mode max).
 
-    The best checkpoint is `trainer.checkpoint_callback.best_model_path`; metrics go to a CSV log under
-    `default_root_dir`. Sampler replacement is off: `BatchIndexSampler` shards across ranks itself.
+    The best checkpoint is `trainer.checkpoint_callback.best_model_path`. With `logger`, metrics go
+    to TensorBoard under `<log_dir>/tensorboard/` (`log_dir` defaults to `default_root_dir`) and to
+    `<default_root_dir>/logs/metrics.csv`. Sampler replacement is off: `BatchIndexSampler` shards across
+    ranks itself. `log_every_n_steps` should not exceed the batches of an epoch (`fit_net` sets it).
     """
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
@@ -521,22 +619,33 @@ def make_trainer(
         # checkpoints (Lightning's callback): early stopping, the best checkpoint and the export all
         # see the averaged net, which is smoother in time than the last minibatch's weights.
         callbacks.append(EMAWeightAveraging(decay=ema_decay))
-    return L.Trainer(
-        max_epochs=max_epochs,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        deterministic=deterministic,
-        default_root_dir=str(root),
-        enable_progress_bar=enable_progress_bar,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        logger=CSVLogger(str(root), name="logs") if logger else False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        gradient_clip_val=gradient_clip_val or None,
-        log_every_n_steps=50,
-    )
+    loggers: list[Any] = []
+    if logger:
+        loggers = [
+            # default_hp_metric off: no placeholder `hp_metric = -1`; fit_net links the hyperparameters
+            # with the best val/auroc once training is over.
+            TensorBoardLogger(
+                Path(log_dir or root) / "tensorboard", name="", version="", default_hp_metric=False
+            ),
+            CSVLogger(str(root), name="logs", version=""),  # its own folder: root holds checkpoints
+        ]
+    with quiet_lightning():  # the device banner and the logger advertisement come from the constructor
+        return L.Trainer(
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            deterministic=deterministic,
+            default_root_dir=str(root),
+            enable_progress_bar=enable_progress_bar,
+            enable_model_summary=False,
+            callbacks=callbacks,
+            logger=loggers or False,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+            gradient_clip_val=gradient_clip_val or None,
+            log_every_n_steps=log_every_n_steps,
+        )
 
 
 def set_threads(n: int | None = None, *, processes: int = 1) -> int:
@@ -593,10 +702,15 @@ def fit_net(
     enable_progress_bar: bool = False,
     callbacks: Sequence[L.Callback] = (),
     threads: int | None = None,
+    experiment: Mapping[str, Any] | None = None,
+    log_dir: str | Path | None = None,
 ) -> FitResult:
     """Seed, build, fit with early stopping, reload the best epoch, fit calibration on `val`.
 
     `threads` sets torch's intra-op threads for this process (see `set_threads`); None leaves them.
+    `experiment`: the resolved experiment config, recorded in the hyperparameters (default: this
+    model config under `model.params`). `log_dir`: where `tensorboard/` goes (default:
+    `default_root_dir`). Pass `EpochProgress()` in `callbacks` for a line per epoch.
     """
     if threads is not None:
         set_threads(threads)
@@ -619,6 +733,11 @@ def fit_net(
         warmup_frac=o.warmup_frac,
         pos_weight=o.pos_weight,
         test_splits=tuple(test_sets),
+        experiment=flat_config(
+            experiment
+            if experiment is not None
+            else {"model": {"kind": cfg.kind, "params": cfg.model_dump(mode="json")}}
+        ),
     )
     dm = RiskDataModule(
         train,
@@ -628,6 +747,11 @@ def fit_net(
         inputs=net.input_names,
         seed=cfg.trainer.seed,
     )
+    # Log at most once an epoch's batches (Lightning warns when an epoch has fewer batches than the
+    # interval); the count is a rank's, as the sampler shards the rows across `devices` processes.
+    batches = BatchIndexSampler.count(
+        len(train), cfg.trainer.batch_size, world=devices, pad=True, drop_last=True
+    )
     trainer = make_trainer(
         max_epochs=cfg.trainer.max_epochs,
         patience=cfg.trainer.patience,
@@ -636,11 +760,18 @@ def fit_net(
         strategy=strategy,
         enable_progress_bar=enable_progress_bar,
         gradient_clip_val=o.grad_clip,
+        log_dir=log_dir,
+        log_every_n_steps=max(1, min(50, batches)),
         ema_decay=cfg.trainer.ema_decay,
         extra_callbacks=callbacks,
     )
-    trainer.fit(module, datamodule=dm)
+    with quiet_lightning():
+        trainer.fit(module, datamodule=dm)
     ckpt = trainer.checkpoint_callback
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):  # the HPARAMS tab: the run's settings against its best
+            logger.log_hyperparams(module.hparams, {"best/val_auroc": float(ckpt.best_model_score)})
+            logger.finalize("success")
     best_path = ckpt.best_model_path
     best = RiskModule.load_from_checkpoint(best_path, map_location="cpu", weights_only=False)
     best.eval()

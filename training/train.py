@@ -197,6 +197,8 @@ def _fit_net(
         devices=devices,
         strategy=strategy,
         callbacks=callbacks,
+        experiment=resolved_dict(cfg, params),  # the hyperparameters TensorBoard and hparams.yaml show
+        log_dir=run_dir,  # <run folder>/tensorboard/
     )
     names = list(fit.calibrated.net.input_names)
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:
