@@ -22,16 +22,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from govrisk.core.config import config_path
+from govrisk.core.config import apply_overrides, config_path, read_yaml
 from govrisk.data.features import FeatureBuilder
 from govrisk.data.store import read_table
-from govrisk.training.config import apply_overrides, experiment_from_dict
+from govrisk.training.config import experiment_from_dict
 from govrisk.training.metrics import evaluate
 from govrisk.training.train import load_data, prepare, split_indices, train
 
 MODELS = ("scorecard", "tabular", "cnn")
+CEILING_GAP = 0.005  # the county bar: the CNN within this OOT AUC of what the records allow
 LGBM = {"n_estimators": 2000, "learning_rate": 0.03, "num_leaves": 31, "min_child_samples": 50,
         "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.5, "verbose": -1}  # fmt: skip
 
@@ -39,7 +39,7 @@ LGBM = {"n_estimators": 2000, "learning_rate": 0.03, "num_leaves": 31, "min_chil
 def experiment(name: str, overrides: Sequence[str] = (), **changes: object) -> dict:
     """configs/experiment/NAME.yaml, unregistered, with the bench's `changes` and then the user's
     `--set` overrides applied as `govrisk train` applies its `key=value` arguments."""
-    raw = yaml.safe_load(config_path("experiment", name).read_text()) | {"register_model": False}
+    raw = read_yaml(config_path("experiment", name)) | {"register_model": False}
     return apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in changes.items()] + list(overrides))
 
 
@@ -91,6 +91,13 @@ def county(applicants: int, models: list[str], settings: dict[str, list[str]]) -
     )
     y = ds.applicants.default_12m.to_numpy().astype(float)
     rows["oracle"] = evaluate(y[oot], truth[oot], "oot") | {"seconds": 0.0}
+    if "cnn" in models:
+        # Imported here: record_ceiling imports this module's experiment() (a cycle at the top).
+        from record_ceiling import CEILING, record_ceiling
+
+        t = time.perf_counter()
+        scores, *_ = record_ceiling(cfg)
+        rows["ceiling"] = evaluate(y[oot], scores[CEILING][oot], "oot") | {"seconds": time.perf_counter() - t}
     return rows
 
 
@@ -175,13 +182,13 @@ def main() -> None:
         auc = {k: m["oot/auroc"] for k, m in rows.items()}
         if "cnn" in auc:
             cnn = auc["cnn"]
-            if "scorecard" in auc:
-                checks.append(
-                    (
-                        f"CNN AUC {cnn:.4f} >= scorecard {auc['scorecard']:.4f} + 0.04",
-                        cnn >= auc["scorecard"] + 0.04,
-                    )
+            checks.append(
+                (
+                    f"CNN AUC {cnn:.4f} within {CEILING_GAP} of the record ceiling {auc['ceiling']:.4f} "
+                    "(bench/record_ceiling.py: the county's drivers read off the records + shared aggregates)",
+                    auc["ceiling"] - cnn <= CEILING_GAP,
                 )
+            )
             checks += [
                 (
                     f"CNN AUC {cnn:.4f} >= LightGBM on aggregates {auc['lightgbm']:.4f}",
