@@ -24,6 +24,7 @@ def read_decisions(
     (`sqlite:///...`, `postgresql+psycopg://...`)."""
     text = str(source)
     if "://" in text:
+        # Imported here: reading an exported Parquet log needs no database driver (the [serve] extra).
         import sqlalchemy as sa
 
         from govrisk.serving.decision_log import decisions_table, make_engine

@@ -34,12 +34,20 @@ import socket
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import optuna
+import sqlalchemy.exc
 import yaml
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+from optuna_integration import PyTorchLightningPruningCallback
 from pydantic import Field, model_validator
+from rich.console import Console
 
 from govrisk.core.config import (
     StrictModel,
@@ -52,6 +60,9 @@ from govrisk.core.config import (
     work_dir,
 )
 from govrisk.core.hashing import sha256_json
+from govrisk.training.config import experiment_from_dict, resolved_dict
+from govrisk.training.lightning import set_threads
+from govrisk.training.train import reuse_prepared, train
 
 SPACE_ATTR = "govrisk:fingerprint"
 DEFAULT_ROLE = "default"
@@ -193,7 +204,6 @@ class StudySpec:
         heartbeat: int = 30,
     ) -> StudySpec:
         """Check the whole spec before anything runs: a bad key or value fails naming it."""
-        from govrisk.training.config import experiment_from_dict, resolved_dict
 
         experiment = experiment or space.experiment
         path = config_path("experiment", experiment)
@@ -243,7 +253,6 @@ class StudySpec:
 
     def trial_config(self, values: dict[str, Any], *, tuning: bool = True) -> tuple[Any, Any]:
         """(ExperimentConfig, model params) of one parameter set; `tuning` adds the tuning-only settings."""
-        from govrisk.training.config import experiment_from_dict
 
         raw = copy.deepcopy(self.base_raw)
         if tuning:
@@ -273,15 +282,12 @@ def _check_default(key: str, spec: Any, value: Any) -> None:
 
 
 def _storage(spec: StudySpec) -> Any:
-    import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     engine: dict[str, Any] = {}
     if spec.storage.startswith("sqlite"):
         engine = {"connect_args": {"timeout": 120}}  # wait for another worker's write, don't fail
     else:
         engine = {"pool_pre_ping": True}
-    import sqlalchemy.exc
 
     for attempt in range(5):
         try:
@@ -302,7 +308,6 @@ def _storage(spec: StudySpec) -> Any:
 
 
 def _pruner(spec: StudySpec) -> Any:
-    import optuna
 
     p = spec.space.pruner
     if p.kind == "median":
@@ -320,7 +325,6 @@ def _pruner(spec: StudySpec) -> Any:
 def open_study(spec: StudySpec, *, create: bool = True) -> tuple[Any, bool]:
     """(study, created_here). The creator stores the fingerprint and enqueues trial 0 (the defaults);
     creation is atomic in the database, so of several workers starting at once exactly one creates."""
-    import optuna
 
     _quiet()
     storage = _storage(spec)
@@ -370,7 +374,6 @@ class SkippedTrial(RuntimeError):
 
 
 def _finished(study: Any) -> int:
-    from optuna.trial import TrialState
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
@@ -378,11 +381,6 @@ def _finished(study: Any) -> int:
 def make_objective(spec: StudySpec, n_trials: int, deadline: float | None = None) -> Any:
     """The Optuna objective: one `train(cfg)` per trial, pruned on the search space's metric.
     `deadline` is a `time.monotonic()` value after which no trial should still be running."""
-    import optuna
-    from optuna.trial import TrialState
-    from optuna_integration import PyTorchLightningPruningCallback
-
-    from govrisk.training.train import train
 
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -458,9 +456,6 @@ def make_objective(spec: StudySpec, n_trials: int, deadline: float | None = None
 
 
 def _quiet() -> None:
-    import warnings
-
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats and stale-trial retries are stable in use; Optuna still labels them experimental.
@@ -484,13 +479,6 @@ def run_worker(
     With `echo`, a line per finished trial goes to `console` (a rich Console; default stdout): its
     state, its metric (a pruned trial's last reported value and the epoch it stopped at), the best
     so far and the worker's elapsed time; then a line with this worker's totals."""
-    import optuna
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
-    from rich.console import Console
-
-    from govrisk.training.lightning import set_threads
-    from govrisk.training.train import reuse_prepared
 
     _quiet()
     set_threads(threads)
@@ -564,7 +552,6 @@ def run_worker(
 def write_best_config(spec: StudySpec, best: Any) -> Path:
     """The best trial as a complete experiment YAML for `govrisk train --config` (tuning-only settings
     back at the base experiment's values, so the run registers like any other)."""
-    from govrisk.training.config import resolved_dict
 
     values = {k: v for k, v in best.params.items() if k in spec.space.params}
     cfg, params = spec.trial_config(values, tuning=False)
@@ -582,8 +569,6 @@ def write_best_config(spec: StudySpec, best: Any) -> Path:
 
 def study_report(spec: StudySpec, *, study: Any = None) -> dict[str, Any]:
     """Best value, trials by state, pruned share, parameter importances, gain over the default config."""
-    import optuna
-    from optuna.trial import TrialState
 
     _quiet()
     if study is None:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -161,7 +162,6 @@ class DecisionLog:
 
 def export_parquet(*, url: str, out: Path, table: str = "decisions", schema: str | None = None) -> int:
     """Write the whole log to a Parquet file (for the governance report); returns the row count."""
-    import pandas as pd
 
     engine = make_engine(url)
     try:

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 import pandas as pd
+from joblib import Parallel, delayed
 from onnx import TensorProto, helper, numpy_helper
 from optbinning import OptimalBinning
 from pydantic import Field, model_validator
@@ -324,8 +325,6 @@ class Scorecard:
         columns = {c: train[c].to_numpy(dtype=np.float64) for c in raw_features}
         inputs = {c: _binning_input(columns[c], missing_codes if c in cats else ()) for c in raw_features}
         if cfg.n_jobs > 1:
-            from joblib import Parallel, delayed
-
             fitted = Parallel(n_jobs=cfg.n_jobs)(
                 delayed(_fit_binning)(c, inputs[c], y, c in cats, cfg.binning) for c in raw_features
             )

@@ -29,8 +29,11 @@ from govrisk.core.onnx import OnnxGraph
 from govrisk.core.registry import lineage, register
 from govrisk.data.features import FeatureBuilder, FeatureSet, month_number
 from govrisk.data.store import Dataset, read_dataset, read_manifest, verify_hash
+from govrisk.data.synthetic import generate, load_generator_config
+from govrisk.data.taiwan import import_taiwan
 from govrisk.training.config import DataSpec, ExperimentConfig, SplitSpec, resolved_dict
 from govrisk.training.metrics import evaluate
+from govrisk.training.scorecard import Scorecard, export_scorecard
 
 RUN_DIR_ENV = "GOVRISK_RUN_DIR"
 
@@ -52,8 +55,6 @@ def dataset_path(spec: DataSpec) -> Path:
         g = spec.generate
         path = root / f"{g.config}-{g.applicants}-s{g.seed}{'-drift' if g.drift else ''}"
         if not (path / "manifest.json").exists():
-            from govrisk.data.synthetic import generate, load_generator_config
-
             # Another worker may finish the same dataset first: same seed, same bytes, keep theirs.
             with contextlib.suppress(FileExistsError):
                 generate(
@@ -67,8 +68,6 @@ def dataset_path(spec: DataSpec) -> Path:
         return path
     path = root / "taiwan"
     if not (path / "manifest.json").exists():
-        from govrisk.data.taiwan import import_taiwan
-
         with contextlib.suppress(FileExistsError):
             import_taiwan(Path(spec.import_taiwan), out=path)
     return path
@@ -154,8 +153,6 @@ def _fit_scorecard(
     run_dir: Path,
     cfg: ExperimentConfig,
 ) -> tuple[dict[str, Any], list[str]]:
-    from govrisk.training.scorecard import Scorecard, export_scorecard
-
     card = Scorecard.fit(
         parts["train"].raw,
         parts["train"].labels,
@@ -183,6 +180,7 @@ def _fit_net(
     devices: int,
     strategy: str,
 ) -> tuple[dict[str, Any], list[str]]:
+    # Imported here: a scorecard run never loads torch and Lightning (seconds of start-up).
     import torch
 
     from govrisk.training.export import export_net
