@@ -1,4 +1,8 @@
-"""The `govrisk` command line. Each subcommand is a thin shell over a library function."""
+"""The `govrisk` command line. Each subcommand is a thin shell over a library function.
+
+Library imports sit inside the commands (start-up cost): `govrisk --help` and each command load only
+what they use, never torch, Optuna or BentoML for a command that does not need them.
+"""
 
 from __future__ import annotations
 

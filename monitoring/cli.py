@@ -3,6 +3,9 @@
 Exit codes of `monitor live` (for a scheduler): 0 no alert, 1 at least one alert breached (listed),
 2 bad input (a file, a config, a model that cannot be read), 3 too few mature outcomes to judge the
 models and no breach in what the log alone shows (the challenger's error rate; the counts are printed).
+
+Library imports sit inside the commands (start-up cost): `govrisk --help` and each command load only
+what they use, never torch, Optuna or BentoML for a command that does not need them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""`govrisk tune`, `govrisk report`, `govrisk promote`, `govrisk models audit`."""
+"""`govrisk tune`, `govrisk report`, `govrisk promote`, `govrisk models audit`.
+
+Library imports sit inside the commands (start-up cost): `govrisk --help` and each command load only
+what they use, never torch, Optuna or BentoML for a command that does not need them.
+"""
 
 from __future__ import annotations
 

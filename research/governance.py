@@ -35,6 +35,7 @@ from pydantic import Field, model_validator
 from govrisk.core import signing
 from govrisk.core.config import StrictModel, load_config, work_dir
 from govrisk.core.hashing import sha256_bytes, sha256_file
+from govrisk.core.registry import git_commit, model_path
 
 SPLITS = ("train", "val", "oot")
 
@@ -416,7 +417,6 @@ def promote(
 ) -> dict[str, Any]:
     """Make `tag` the champion if the report in `report_dir` recommends it (or with an override and a
     reason); returns the audit entry. Refusals raise PromotionRefused and are not logged as promotions."""
-    from govrisk.core.registry import model_path
 
     if override and not (reason and reason.strip()):
         raise PromotionRefused("--override needs --reason TEXT: the audit log must say why")
@@ -446,7 +446,6 @@ def promote(
             )
         if problems and not override:
             raise PromotionRefused("; ".join(problems) + " (use --override --reason TEXT to promote anyway)")
-        from govrisk.core.registry import git_commit
 
         now = datetime.now(UTC).isoformat(timespec="seconds")
         entry = append_audit({

@@ -31,11 +31,16 @@ import pandas as pd
 import yaml
 
 from govrisk.core.rating import MasterScale, load_master_scale
+from govrisk.core.registry import model_path
 from govrisk.core.schema import FeatureSchema
 from govrisk.data.features import FeatureSet, month_number
 from govrisk.data.store import Dataset, read_dataset, verify_hash
 from govrisk.research import stats
 from govrisk.research.governance import GovernancePolicy, SegmentPolicy, recommend
+from govrisk.research.render import render_html
+from govrisk.serving.models import LoadedModel
+from govrisk.training.config import experiment_from_dict
+from govrisk.training.train import dataset_path, split_indices
 
 ROLES = ("champion", "challenger")
 
@@ -93,8 +98,6 @@ def resolve_model(ref: str) -> ModelRef:
     folder = Path(ref)
     tag = None
     if not folder.is_dir():
-        from govrisk.core.registry import model_path
-
         folder, _ = model_path(ref, verify=True)  # KeyError / TamperedModelError name the tag
         tag = f"{folder.parent.name}:{folder.name}"  # the store keeps <name>/<version>
     elif (folder / "model_tag.txt").exists():
@@ -116,7 +119,6 @@ def resolve_model(ref: str) -> ModelRef:
 def score(model: ModelRef, ds: Dataset) -> tuple[np.ndarray, FeatureSet]:
     """PDs of every applicant in `ds` from the model's exported ONNX graph (its sha256 checked) and its
     own feature schema, through serving's loader: what serving runs. Also the features it saw."""
-    from govrisk.serving.models import LoadedModel
 
     loaded = LoadedModel(folder=model.folder, threads=0)
     fs = loaded.builder.transform(ds.applicants, ds.monthly)
@@ -146,8 +148,6 @@ def development_population(
     """The policy's `development` rows (train + validation) of the challenger's training data, split
     by the challenger's own config: the "expected" population of every PSI and CSI. Returns the rows,
     the dataset's path and verified hash, and notes for the report (a dataset changed since training)."""
-    from govrisk.training.config import experiment_from_dict
-    from govrisk.training.train import dataset_path, split_indices
 
     cfg, _ = experiment_from_dict(challenger.config, source=f"{challenger.label} config.yaml")
     train_path = dataset_path(cfg.data)
@@ -168,8 +168,6 @@ def populations(
     challenger: ModelRef, data: Path | None, policy: GovernancePolicy
 ) -> tuple[Population, Population, dict]:
     """Development and evaluation rows (see the module docstring) and a description for the report."""
-    from govrisk.training.config import experiment_from_dict
-    from govrisk.training.train import dataset_path, split_indices
 
     cfg, _ = experiment_from_dict(challenger.config, source=f"{challenger.label} config.yaml")
     train_path = dataset_path(cfg.data)
@@ -588,7 +586,6 @@ def _jsonable(x: Any) -> Any:
 
 def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """report.json and the self-contained report.html in `out`; returns both paths."""
-    from govrisk.research.render import render_html
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
