@@ -240,7 +240,8 @@ def _category_codes(values: np.ndarray, vocab: list[str] | tuple[str, ...]) -> n
         index = _vocab_index(tuple(vocab))
         # NaN, None and pd.NA are not in the vocabulary, so they get -1 as Categorical gives them
         return np.array([index.get(v, -1) if isinstance(v, str) else -1 for v in arr], dtype=np.float64)
-    return pd.Categorical(arr, categories=list(vocab)).codes.astype(np.float64)
+    # get_indexer, not Categorical(values, categories): values outside the categories are deprecated there
+    return pd.Index(list(vocab), dtype=object).get_indexer(arr).astype(np.float64)
 
 
 def _last_index(present: np.ndarray) -> np.ndarray:
