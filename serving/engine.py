@@ -27,11 +27,11 @@ from typing import Any
 import orjson
 
 from govrisk.core.rating import MasterScale, load_master_scale
-from govrisk.core.records import DecisionRecord
+from govrisk.core.records import DecisionRecord, reason_codes
 from govrisk.data.features import FeatureSet
 from govrisk.serving.config import ServingConfig, load_credit_policy
 from govrisk.serving.models import LoadedModel, ModelOutput
-from govrisk.serving.policy import CreditPolicy, Outcome
+from govrisk.serving.policy import CreditPolicy
 from govrisk.serving.request import Applicants, RequestParser
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ class Scorer:
                     grade=grade_i,
                     rate=outcome.rate,
                     credit_limit=outcome.credit_limit,
-                    reason_codes=_reason_codes(outcome, reasons[i]),
+                    reason_codes=reason_codes(outcome, reasons[i]),
                     champion_model=self.champion.tag,
                     champion_pd=pd_i,
                     champion_score=None if champ.score is None else float(champ.score[i]),
@@ -265,23 +265,9 @@ class Scorer:
             record.challenger_pd, record.challenger_grade = ch_pd, ch_grade
             record.challenger_decision = ch_outcome.decision
             if record.arm == "challenger":
-                record.set_decision(
-                    decision=ch_outcome.decision,
-                    hard_rule=ch_outcome.hard_rule,
-                    hard_rule_reason=ch_outcome.hard_rule_reason,
-                    pd=ch_pd,
-                    grade=ch_grade,
-                    rate=ch_outcome.rate,
-                    credit_limit=ch_outcome.credit_limit,
-                    reason_codes=_reason_codes(ch_outcome, reasons[i]),
-                )
+                record.set_decision(ch_outcome, pd=ch_pd, grade=ch_grade, reasons=reasons[i])
                 record.decided_by = "challenger"
         return records
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _reason_codes(outcome: Outcome, reasons: list[str]) -> list[str]:
-    """A hard rule that decided leads the reason codes; the scorecard's reasons follow."""
-    return [outcome.hard_rule, *reasons] if outcome.hard_rule else list(reasons)

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from govrisk.core.records import Outcome
 from govrisk.serving.config import CreditPolicyConfig, HardRule
-
-
-@dataclass(frozen=True)
-class Outcome:
-    decision: str  # approve | refer | decline
-    hard_rule: str | None  # the rule that decided, if any
-    hard_rule_reason: str | None
-    rate: float | None  # annual rate; None when declined
-    credit_limit: float | None  # None when declined
 
 
 class CreditPolicy:

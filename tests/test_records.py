@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from govrisk.core.records import FIELDS, LOG_COLUMNS, RESPONSE_ONLY, DecisionRecord
+from govrisk.core.records import FIELDS, LOG_COLUMNS, RESPONSE_ONLY, DecisionRecord, Outcome, reason_codes
 from govrisk.monitoring.decisions import NEEDED
 from govrisk.serving.decision_log import DecisionLog, decisions_table
 
@@ -115,19 +115,19 @@ def test_response_is_what_a_decision_system_reads() -> None:
 
 def test_set_decision_replaces_every_decision_field() -> None:
     r = record()
-    r.set_decision(
-        decision="approve",
-        hard_rule=None,
-        hard_rule_reason=None,
-        pd=0.01,
-        grade="A",
-        rate=0.07,
-        credit_limit=5000.0,
-        reason_codes=["x"],
-    )
+    r.set_decision(Outcome("approve", None, None, 0.07, 5000.0), pd=0.01, grade="A", reasons=["x"])
     assert (r.decision, r.hard_rule, r.hard_rule_reason, r.pd, r.grade) == ("approve", None, None, 0.01, "A")
     assert (r.rate, r.credit_limit, r.reason_codes) == (0.07, 5000.0, ["x"])
     assert r.champion_pd == 0.04  # the champion's own answer stays
+    r.set_decision(Outcome("decline", "arrears", "tax arrears", None, None), pd=0.2, grade="E", reasons=["x"])
+    assert r.reason_codes == ["arrears", "x"] and r.rate is None and r.hard_rule_reason == "tax arrears"
+
+
+def test_a_hard_rule_leads_the_reason_codes() -> None:
+    reasons = ["low_sales", "young"]
+    assert reason_codes(Outcome("refer", "flag", "why", 0.1, 1.0), reasons) == ["flag", *reasons]
+    codes = reason_codes(Outcome("approve", None, None, 0.1, 1.0), reasons)
+    assert codes == reasons and codes is not reasons  # a record's list is its own
 
 
 def test_the_record_is_slotted_and_refuses_unknown_fields() -> None:
