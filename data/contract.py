@@ -7,6 +7,7 @@ writing a contract for it (see `configs/contract/taiwan.yaml`).
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Literal
 
@@ -30,11 +31,23 @@ class ColumnSpec(StrictModel):
     min: float | None = None
     max: float | None = None
     exclusive_min: bool = False
+    # Plausibility bounds of a date column (inclusive): a date outside them is a typo or a default
+    # (year 1, 1900-01-01), not a fact. `not_after` names another date column of the same table that
+    # this one may not follow (registration_date not after application_date).
+    min_date: dt.date | None = None
+    max_date: dt.date | None = None
+    not_after: str | None = None
     kind: ColumnKind | None = None
     description: str = ""
 
     @model_validator(mode="after")
     def _check(self) -> ColumnSpec:
+        if self.type != "date" and (self.min_date or self.max_date or self.not_after):
+            raise ValueError(
+                f"`min_date`, `max_date` or `not_after` given for a column of type {self.type!r}"
+            )
+        if self.min_date and self.max_date and self.min_date > self.max_date:
+            raise ValueError(f"min_date {self.min_date} > max_date {self.max_date}")
         if self.type == "category" and not self.open and not self.categories:
             raise ValueError("a closed category column needs `categories`")
         if self.categories is not None and self.type != "category":
@@ -64,6 +77,12 @@ class ApplicantsSpec(TableSpec):
             raise ValueError(f"applicants.application_date column {self.application_date!r} must be a date")
         if self.columns[self.label].type != "bool":
             raise ValueError(f"applicants.label column {self.label!r} must be a bool")
+        for col, spec in self.columns.items():
+            other = self.columns.get(spec.not_after) if spec.not_after else None
+            if spec.not_after and (other is None or other.type != "date"):
+                raise ValueError(
+                    f"applicants.{col}.not_after names {spec.not_after!r}, which is not a date column"
+                )
         return self
 
 

@@ -178,6 +178,10 @@ def _column(spec: ColumnSpec, *, nullable: bool = False, required: bool = True) 
             checks.append(pa.Check.ge(spec.min, error=f"min {spec.min:g}"))
     if spec.max is not None:
         checks.append(pa.Check.le(spec.max, error=f"max {spec.max:g}"))
+    if spec.min_date is not None:  # dates are coerced to datetimes before checks run
+        checks.append(pa.Check.ge(pd.Timestamp(spec.min_date), error=f"min_date {spec.min_date}"))
+    if spec.max_date is not None:
+        checks.append(pa.Check.le(pd.Timestamp(spec.max_date), error=f"max_date {spec.max_date}"))
     if spec.type == "category" and not spec.open:
         checks.append(pa.Check.isin(list(spec.categories or ()), error="categories"))
     return pa.Column(
@@ -306,6 +310,24 @@ def _validate_table(
             out.add(table, str(column), _check_name(err.check), [None], [cases], keys)
 
 
+def _check_not_after(df: pd.DataFrame, contract: Contract, out: _Collector) -> None:
+    """The contract's cross-field date rules (`not_after`): a row whose date follows the other one.
+
+    Values that are not dates were reported by the type check; they are left out here."""
+    df = df.reset_index(drop=True)
+    keys = df[contract.key].to_numpy() if contract.key in df.columns else None
+    for col, spec in contract.applicants.columns.items():
+        if not spec.not_after or col not in df.columns or spec.not_after not in df.columns:
+            continue
+        this, other = (
+            pd.to_datetime(df[c], errors="coerce", format="ISO8601") for c in (col, spec.not_after)
+        )
+        late = (this > other).to_numpy()
+        if late.any():
+            positions = np.flatnonzero(late).tolist()
+            out.add("applicants", col, f"not_after {spec.not_after}", positions, this[late], keys)
+
+
 def validate_tables(tables: dict[str, pd.DataFrame], contract: Contract) -> ValidationReport:
     """Validate in-memory tables (raw, not yet cast to the contract types) against `contract`.
 
@@ -324,6 +346,8 @@ def validate_tables(tables: dict[str, pd.DataFrame], contract: Contract) -> Vali
             continue
         rows[table] = len(df)
         _validate_table(df, table, table_schema(contract, table, known), contract.key, out)
+        if table == "applicants":
+            _check_not_after(df, contract, out)
     summary = "; ".join(f"{t} {n:,} rows" for t, n in rows.items())
     if out.total:
         summary += f"; {out.total:,} violation{'s' if out.total > 1 else ''}"

@@ -96,7 +96,12 @@ class ServingConfig(StrictModel):
     reason_codes: int = Field(default=4, ge=0, le=20)
     max_batch: int = Field(default=1000, ge=1, le=100_000)  # applicants per /score_batch request
     max_payload_kib: int = Field(default=256, ge=1)  # /score body
-    max_batch_payload_kib: int = Field(default=65_536, ge=1)  # /score_batch body
+    max_batch_payload_kib: int = Field(default=16_384, ge=1)  # /score_batch body
+    # Back-pressure, per worker: scoring requests held at once (being read, queued for the /score
+    # micro-batch, or decided), and /score_batch requests among them; beyond either, 503 + Retry-After
+    # before the body is read. With the payload limits they bound a worker's memory (docs/configs/serving.md).
+    max_in_flight: int = Field(default=64, ge=1, le=10_000)
+    max_batches_in_flight: int = Field(default=2, ge=1, le=64)
     onnx_threads: int = Field(default=1, ge=1, le=64)  # per session; one applicant needs no more
     auth: AuthConfig = AuthConfig()
     decision_log: DecisionLogConfig = DecisionLogConfig()

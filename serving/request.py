@@ -22,6 +22,7 @@ import datetime as dt
 import math
 import operator
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,9 +33,12 @@ from govrisk.data.contract import MONTH, ColumnSpec, Contract
 from govrisk.data.months import month_number, month_of, months_since_1970
 
 MAX_ERRORS = 20  # listed per response; enough to fix a request, bounded for a hostile one
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_MONTH = re.compile(r"^\d{4}-\d{2}(-01)?$")
+# ASCII digits only: `\d` also matches full-width and other Unicode digits, which `int` reads
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_MONTH = re.compile(r"^[0-9]{4}-[0-9]{2}(-01)?$")
 _MAX_STRING = 256
+_ECHO = reprlib.Repr()  # a bounded summary of a container, whatever its size or depth
+_ECHO.maxlevel, _ECHO.maxdict, _ECHO.maxlist, _ECHO.maxstring, _ECHO.maxother = 2, 4, 4, 60, 60
 
 
 @dataclass(frozen=True)
@@ -44,36 +48,60 @@ class FieldError:
     message: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"field": self.field, "value": self.value, "message": self.message}
+        return {"field": safe_text(self.field), "value": self.value, "message": safe_text(self.message)}
 
 
 class BadInput(Exception):
     """Raised with every field error found (at most MAX_ERRORS)."""
 
     def __init__(self, errors: list[FieldError]) -> None:
-        super().__init__("; ".join(f"{e.field}={e.value!r}: {e.message}" for e in errors[:3]))
+        super().__init__("; ".join(f"{safe_text(e.field)}={e.value!r}: {e.message}" for e in errors[:3]))
         self.errors = errors
 
     def body(self) -> dict[str, Any]:
-        first = self.errors[0]
+        first = self.errors[0].as_dict()
         return {
             "error": "bad_input",
-            "field": first.field,
-            "value": first.value,
-            "message": f"{first.field}: {first.message} (got {_show(first.value)})",
+            "field": first["field"],
+            "value": first["value"],
+            "message": f"{first['field']}: {first['message']} (got {_show(first['value'])})",
             "errors": [e.as_dict() for e in self.errors[:MAX_ERRORS]],
         }
 
 
+def valid_text(text: str) -> bool:
+    """True unless `text` holds a lone surrogate (json.loads reads `"\\ud800"` into one): such text has
+    no UTF-8 form, so it could be neither hashed, digested, logged nor echoed back."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def safe_text(text: str) -> str:
+    """`text` with any lone surrogate written as its escape (`\\ud800`), so it renders as UTF-8."""
+    return text if valid_text(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def json_safe(value: Any) -> Any:
-    """The value as it can be echoed back in a JSON error (NaN and infinities as text, long text cut)."""
+    """The value as it can be echoed back in a JSON error (NaN and infinities as text, long text cut,
+    lone surrogates escaped, containers summarised at bounded cost whatever their size or depth)."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     if isinstance(value, str):
+        value = safe_text(value)
         return value if len(value) <= 80 else value[:77] + "..."
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        return f"{value:.6e}" if value.bit_length() < 1000 else "an integer of more than 300 digits"
     if value is None or isinstance(value, bool | int | float):
         return value
-    text = repr(value)
+    try:
+        text = _ECHO.repr(value)
+    except RecursionError:
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -119,6 +147,7 @@ class RequestParser:
             "applicant": _NumericPlan.of(self.applicant_columns),
             **{t: _NumericPlan.of(ts.columns) for t, ts in contract.monthly.items()},
         }
+        self._not_after = [(c, s.not_after) for c, s in self.applicant_columns.items() if s.not_after]
         self._categories = {
             c: frozenset(s.categories or ())
             for c, s in [*self.applicant_columns.items()]
@@ -144,6 +173,9 @@ class RequestParser:
             if not v or len(v) > _MAX_STRING:
                 bad(f"must have 1..{_MAX_STRING} characters")
                 return None
+            if not valid_text(v):
+                bad("must be valid Unicode text (no lone surrogate such as \\ud800)")
+                return None
             if t == "category" and not spec.open and v not in (spec.categories or ()):
                 bad(f"unknown category; allowed: {list(spec.categories or ())}")
                 return None
@@ -158,10 +190,17 @@ class RequestParser:
                 bad("must be an ISO date YYYY-MM-DD")
                 return None
             try:
-                return dt.date.fromisoformat(v)
+                d = dt.date.fromisoformat(v)
             except ValueError:
                 bad("is not a calendar date")
                 return None
+            if spec.min_date is not None and d < spec.min_date:
+                bad(f"must be on or after {spec.min_date} (the contract's plausible range)")
+                return None
+            if spec.max_date is not None and d > spec.max_date:
+                bad(f"must be on or before {spec.max_date} (the contract's plausible range)")
+                return None
+            return d
         # float / int
         if isinstance(v, bool) or not isinstance(v, int | float):
             bad(f"must be a number ({t})")
@@ -252,6 +291,9 @@ class RequestParser:
                 errors.append(
                     FieldError(f"{prefix}applicant.{col}", a[col], f"is in the future (today {today})")
                 )
+            elif spec.not_after and isinstance(v, dt.date) and v > (row.get(spec.not_after) or v):
+                later = f"is after {spec.not_after} ({row[spec.not_after]})"
+                errors.append(FieldError(f"{prefix}applicant.{col}", a[col], later))
 
         now_month = month_of(today)
         monthly: dict[str, list[tuple[int, dict[str, Any]]]] = {}
@@ -418,6 +460,9 @@ class RequestParser:
         applicants = self._checked_columns(columns, self.applicant_columns, "applicant", "", today)
         if applicants is None:
             return None
+        for col, other in self._not_after:
+            if (applicants[col] > applicants[other]).any():
+                return None
         ids = applicants[key]
         if len(set(ids.tolist())) != len(ids):
             return None
@@ -512,6 +557,8 @@ class RequestParser:
             allowed = self._categories.get(name)
             if allowed is not None and not allowed.issuperset(vals):
                 return None
+            if allowed is None and not all(map(valid_text, vals)):  # a closed set holds valid text
+                return None
             return _array(vals, t, len(vals))
         if t == "bool":
             return _array(vals, t, len(vals)) if not vals or types == {bool} else None
@@ -527,6 +574,10 @@ class RequestParser:
                 except ValueError:
                     return None
                 if d > today:  # no date of the applicant may lie in the future
+                    return None
+                if (spec.min_date is not None and d < spec.min_date) or (
+                    spec.max_date is not None and d > spec.max_date
+                ):
                     return None
                 dates.append(d)
             return _array(dates, t, len(dates))

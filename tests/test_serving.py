@@ -133,6 +133,7 @@ def servers(trained, tmp_path_factory) -> dict[str, Server | str]:
         "raising": {"challenger": {"fault": {"mode": "raise"}}},
         "sleeping": {"challenger": {"budget_ms": 20, "fault": {"mode": "sleep", "sleep_ms": 500}}},
         "missing": {"challenger": {"tag": "county-nothing:latest"}},
+        "tight": {"max_in_flight": 4, "max_batches_in_flight": 1},  # back-pressure (issue 14, item 4)
     }
     launched: dict[str, Server] = {}
     for name, over in configs.items():
@@ -628,3 +629,175 @@ def test_postgresql_decision_log(postgres, bodies) -> None:
     rows = log_rows(PG_URL, table)
     assert {r["request_id"] for r in rows} == {*ids, batch["request_id"]} and len(rows) == 8
     assert all(math.isfinite(r["champion_pd"]) and r["applicant_hash"] for r in rows)
+
+
+# --- hostile input, back-pressure and the OpenAPI document (issue 14, items 1, 2, 4 and 12) ------------
+def _send_all(server: Server, requests: list[tuple[str, bytes, dict[str, str]]]) -> list[httpx.Response]:
+    import asyncio
+
+    async def go() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, headers={"X-API-Key": API_KEY}, timeout=60) as c:
+            return await asyncio.gather(*(c.post(p, content=b, headers=h) for p, b, h in requests))
+
+    return asyncio.run(go())
+
+
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
+def test_poisoned_requests_never_fail_their_neighbours(shadow: Server, bodies) -> None:
+    """40 valid and 4 poisoned (a lone surrogate) concurrent /score requests: every valid one is
+    decided (39 of them answered 500 before), each poisoned one is a 422 naming its field."""
+    poison = []
+    for k, where in enumerate(["applicant_id", "township", "industry", "key"]):
+        text = json.dumps(bodies[100 + k])
+        if where == "key":
+            text = text.replace('"applicant": {', '"applicant": {"\\ud800": 1, ', 1)
+        else:
+            value = bodies[100 + k]["applicant"][where]
+            text = text.replace(f'"{where}": "{value}"', f'"{where}": "\\ud800{value}"', 1)
+        poison.append(text.encode())
+    valid = [json.dumps(b).encode() for b in bodies[110:150]]
+    sent = valid[:20] + poison + valid[20:]
+    answers = _send_all(shadow, [("/score", b, JSON_TYPE) for b in sent])
+    codes = [r.status_code for r in answers]
+    assert codes == [200] * 20 + [422] * 4 + [200] * 20, codes
+    fields = [r.json()["field"] for r in answers[20:24]]
+    assert fields == [
+        "applicant.applicant_id",
+        "applicant.township",
+        "applicant.industry",
+        "applicant.\\ud800",
+    ]
+
+
+def test_hostile_bodies_are_4xx_never_5xx(shadow: Server, bodies) -> None:
+    before = log_count(sqlite_url(shadow.folder))
+    deep = shadow.post_raw("/score", b"[" * 2000 + b"]" * 2000)
+    assert deep.status_code == 400 and deep.json()["error"] == "bad_json", deep.text
+    body = json.dumps(bodies[0]).encode()
+    for content_type in ("multipart/form-data; boundary=x", "multipart/form-data", "text/plain",
+                         "application/xml", "application/octet-stream", "application/x-www-form-urlencoded",
+                         None):  # fmt: skip
+        headers = {"X-API-Key": API_KEY, **({"Content-Type": content_type} if content_type else {})}
+        for path in ("/score", "/score_batch"):
+            r = httpx.post(f"{shadow.url}{path}", content=body, headers=headers, timeout=30)
+            assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type", (
+                content_type,
+                r.text,
+            )
+    huge = json.dumps(bodies[0]).replace(
+        '"requested_amount": ', '"requested_amount": ' + "9" * 5000 + ', "x_": ', 1
+    )
+    r = shadow.post_raw("/score", huge.encode())
+    assert r.status_code == 422 and r.json()["field"] in {"applicant.requested_amount", "applicant.x_"}, (
+        r.text
+    )
+    many = json.dumps({"applicants": [bodies[0]] * 501}).encode()  # max_batch 500: counted before parsing
+    r = shadow.post_raw("/score_batch", many)
+    assert r.status_code == 422 and r.json()["field"] == "applicants" and r.json()["value"] == 501
+    ancient = json.loads(json.dumps(bodies[0]))
+    ancient["applicant"]["application_date"] = "1900-01-01"
+    r = shadow.post("/score", ancient)
+    assert r.status_code == 422 and r.json()["field"] == "applicant.application_date"
+    assert log_count(sqlite_url(shadow.folder)) == before
+
+
+@pytest.fixture(scope="session")
+def tight(servers) -> Server:
+    return servers["tight"]
+
+
+def test_beyond_the_requests_in_flight_a_worker_answers_503_with_retry_after(tight: Server, bodies) -> None:
+    big = json.dumps({"applicants": bodies[:400]}).encode()
+    one = [json.dumps(b).encode() for b in bodies[200:230]]
+    answers = _send_all(
+        tight, [("/score_batch", big, JSON_TYPE)] * 3 + [("/score", b, JSON_TYPE) for b in one]
+    )
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {200, 503} and 503 in codes and codes[:3].count(200) >= 1, codes
+    for r in answers:
+        if r.status_code == 503:
+            assert r.headers["Retry-After"] == "1" and r.json()["error"] == "overloaded"
+    assert tight.post("/score", bodies[231]).status_code == 200  # capacity comes back
+
+
+def test_openapi_is_generated_from_the_contract_with_keys_and_every_answer(shadow: Server) -> None:
+    spec = httpx.get(f"{shadow.url}/docs.json", timeout=10).json()
+    assert set(spec["components"]["securitySchemes"]) == {"ApiKey", "Bearer"}
+    schemas = spec["components"]["schemas"]
+    applicant = schemas["ScoreBody"]["properties"]["applicant"]["properties"]
+    assert applicant["industry"]["enum"][:2] == ["tcm_herbs", "liquor"]
+    assert applicant["requested_amount"] == {
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMinimum": True,
+        "maximum": 1e9,
+    }
+    assert (
+        applicant["legal_rep_age"]["type"] == "integer" and applicant["application_date"]["format"] == "date"
+    )
+    month = schemas["ScoreBody"]["properties"]["tax_monthly"]["items"]["properties"]["month"]
+    assert month["pattern"].startswith("^[0-9]{4}")
+    assert schemas["ScoreBatchBody"]["properties"]["applicants"]["maxItems"] == 500
+    for path in ("/score", "/score_batch"):
+        op = spec["paths"][path]["post"]
+        assert op["security"] == [{"ApiKey": []}, {"Bearer": []}]
+        assert set(op["responses"]) == {"200", "400", "401", "413", "415", "422", "503"}
+    assert "application_date" in json.dumps(spec["paths"]["/score"]["post"]["requestBody"])  # the example
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_failure_with_every_check(shadow: Server, tmp_path: Path) -> None:
+    """schemathesis with all checks against the live server: 0 failures. Positive data may still be a
+    422 for what JSON Schema cannot say (months inside the lookback window before the application,
+    dates not in the future, registration not after application) or a 503 (overload)."""
+    config = tmp_path / "schemathesis.toml"
+    config.write_text('[checks.positive_data_acceptance]\nexpected-statuses = ["2xx", "422", "503"]\n')
+    cmd = [
+        str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(config), "run",
+        f"{shadow.url}/docs.json", "--checks", "all", "-H", f"X-API-Key: {API_KEY}",
+        "--max-examples", "60", "--seed", "1", "--include-path-regex", "^/score",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+
+
+def test_a_burst_of_large_bodies_keeps_a_worker_within_its_memory_bound(tight: Server, bodies) -> None:
+    """Eight full /score_batch bodies and six oversized ones at once: one batch is decided at a time
+    (max_batches_in_flight 1), the rest are 503 or 413 before their bodies are read, so the worker's
+    RSS grows by at most the bound stated in docs/configs/serving.md for one batch in flight (~60 MiB measured
+    for 500 applicants; 150 MiB allowed)."""
+    import threading
+
+    import psutil
+
+    server = psutil.Process(tight.proc.pid)
+    workers = [p for p in server.children(recursive=True) if "python" in p.name().lower()] or [server]
+
+    def rss() -> int:
+        return sum(p.memory_info().rss for p in workers if p.is_running())
+
+    baseline, peak, done = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    full = json.dumps({"applicants": bodies[:500]}).encode()
+    oversized = b'{"applicants": [' + b" " * (17 * 1024 * 1024) + b"]}"
+    try:
+        answers = _send_all(
+            tight, [("/score_batch", full, JSON_TYPE)] * 8 + [("/score_batch", oversized, JSON_TYPE)] * 6
+        )
+    finally:
+        done.set()
+        sampler.join()
+    codes = [r.status_code for r in answers]
+    assert 200 in codes[:8] and set(codes[:8]) <= {200, 503} and set(codes[8:]) <= {413, 503}, codes
+    grown = (peak[0] - baseline) / 2**20
+    print(f"worker RSS {baseline / 2**20:.0f} MiB, peak +{grown:.0f} MiB under the burst")
+    assert grown < 150, grown

@@ -275,3 +275,111 @@ def test_decision_log_commits_in_each_callers_thread_and_recovers_from_a_failed_
     log.write([row("fresh")])  # the same thread, a new connection
     assert log.count() == 81 and log.reachable()
     log.close()
+
+
+# --- hostile input (issue 14, items 1-3): refused with a 4xx naming the field, rendered as UTF-8 -----
+SURROGATE_EDITS = [
+    ("applicant_id", lambda b: b["applicant"].__setitem__("applicant_id", "A\ud800"), "applicant.applicant_id"),
+    ("township", lambda b: b["applicant"].__setitem__("township", "\udfff"), "applicant.township"),
+    ("category", lambda b: b["tax_monthly"][0].__setitem__("taxpayer_type", "\ud800"), "tax_monthly[0].taxpayer_type"),
+    ("key name", lambda b: b["applicant"].__setitem__("\ud800", 1), "applicant.\\ud800"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "edit", "field"), SURROGATE_EDITS, ids=[c for c, _, _ in SURROGATE_EDITS])
+def test_a_lone_surrogate_is_refused_naming_the_field_and_the_error_renders(
+    bodies, case, edit, field
+) -> None:
+    body = json.loads(json.dumps(bodies[0]))
+    edit(body)
+    assert PARSER.parse_columns([body], today=TODAY) is None  # the fast path never takes it
+    with pytest.raises(BadInput) as e:
+        PARSER.parse([body], today=TODAY)
+    err = e.value.body()
+    assert err["field"] == field, err
+    json.dumps(err, ensure_ascii=False).encode("utf-8")  # raised UnicodeEncodeError before: a 500
+
+
+@pytest.mark.parametrize(
+    ("where", "col", "value", "field"),
+    [
+        ("tax_monthly", "month", "２０２３-03", "tax_monthly[0].month"),  # full-width digits
+        ("applicant", "application_date", "0001-01-01", "applicant.application_date"),
+        ("applicant", "application_date", "1900-01-01", "applicant.application_date"),
+        ("applicant", "registration_date", "1900-01-01", "applicant.registration_date"),
+        ("applicant", "requested_amount", 1e300, "applicant.requested_amount"),
+        ("applicant", "property_value", 1e308, "applicant.property_value"),
+        (
+            "social_security_monthly",
+            "contribution_base",
+            1e300,
+            "social_security_monthly[0].contribution_base",
+        ),
+    ],
+)
+def test_implausible_values_are_refused_by_the_parser_and_the_validator(
+    bodies, where, col, value, field
+) -> None:
+    body = json.loads(json.dumps(bodies[0]))
+    if where == "applicant":
+        body["applicant"][col] = value
+    else:
+        body[where][0][col] = value
+    assert PARSER.parse_columns([body], today=TODAY) is None
+    with pytest.raises(BadInput) as e:
+        PARSER.parse([body], today=TODAY)
+    assert e.value.errors[0].field == field
+    if where == "applicant":  # the contract's bounds, so the offline validation agrees
+        assert not validate_tables(_tables(body), CONTRACT).ok
+
+
+def test_registration_after_application_is_refused_by_the_contract_rule(bodies) -> None:
+    body = json.loads(json.dumps(bodies[0]))
+    app = dt.date.fromisoformat(body["applicant"]["application_date"])
+    body["applicant"]["registration_date"] = str(app + dt.timedelta(days=1))
+    assert PARSER.parse_columns([body], today=TODAY) is None
+    with pytest.raises(BadInput) as e:
+        PARSER.parse([body], today=TODAY)
+    assert e.value.errors[0].field == "applicant.registration_date"
+    assert "after application_date" in e.value.errors[0].message
+    report = validate_tables(_tables(body), CONTRACT)
+    assert [v.check for v in report.errors] == ["not_after application_date"]
+    body["applicant"]["registration_date"] = body["applicant"]["application_date"]  # the same day: fine
+    PARSER.parse([body], today=TODAY)
+
+
+def test_body_parsing_names_huge_integers_and_refuses_deep_nesting(bodies) -> None:
+    from govrisk.serving.admission import Malformed, count_applicants, media_type_ok, parse_json
+
+    text = json.dumps(bodies[0]).replace(
+        '"requested_amount": ', '"requested_amount": ' + "9" * 5000 + ', "x": ', 1
+    )
+    body = parse_json(text.encode())
+    assert not isinstance(body, Malformed)  # was "not JSON" (Python's 4,300-digit limit)
+    body.pop("x", None)
+    body["applicant"].pop("x", None)
+    with pytest.raises(BadInput) as e:
+        PARSER.parse([body], today=TODAY)
+    assert e.value.errors[0].field == "applicant.requested_amount"
+    for deep in (b"[" * 2000 + b"]" * 2000, b'{"a":' * 1100 + b"1" + b"}" * 1100):
+        assert isinstance(parse_json(deep), Malformed)  # was RecursionError: a 500
+    surrogate = parse_json(b'{"applicant": {"applicant_id": "\\ud800"}}')
+    assert surrogate["applicant"]["applicant_id"] == "\ud800"  # read, then refused by the parser
+    batch = json.dumps({"applicants": bodies[:7]}).encode()
+    assert count_applicants(batch) == 7 and count_applicants(batch.replace(b": ", b"  :  ")) == 7
+    assert media_type_ok("application/json") and media_type_ok("Application/JSON; charset=utf-8")
+    for other in (None, "", "text/plain", "application/xml", "application/octet-stream",
+                  "multipart/form-data; boundary=x", "application/x-www-form-urlencoded"):  # fmt: skip
+        assert not media_type_ok(other)
+
+
+def test_echoed_values_cost_a_bounded_summary_whatever_their_size_or_depth() -> None:
+    from govrisk.serving.request import json_safe
+
+    deep: list = []
+    node = deep
+    for _ in range(5000):
+        node.append([])
+        node = node[0]
+    assert len(json_safe(deep)) <= 80 and len(json_safe(list(range(10**6)))) <= 80
+    assert json_safe("\ud800x") == "\\ud800x" and isinstance(json_safe(10**5000), str)
