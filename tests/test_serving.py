@@ -766,8 +766,8 @@ def test_schemathesis_finds_no_failure_with_every_check(shadow: Server, tmp_path
 def test_a_burst_of_large_bodies_keeps_a_worker_within_its_memory_bound(tight: Server, bodies) -> None:
     """Eight full /score_batch bodies and six oversized ones at once: one batch is decided at a time
     (max_batches_in_flight 1), the rest are 503 or 413 before their bodies are read, so the worker's
-    RSS grows by at most the bound stated in docs/configs/serving.md for one batch in flight (~60 MiB measured
-    for 500 applicants; 150 MiB allowed)."""
+    RSS grows by at most the bound of docs/configs/serving.md for one batch in flight (measured +14 MiB
+    on a worker that had decided batches before; 150 MiB allowed)."""
     import threading
 
     import psutil
