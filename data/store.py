@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from govrisk.core.errors import DatasetChanged
 from govrisk.data.contract import MONTH, ColumnSpec, Contract
 
 MANIFEST = "manifest.json"
@@ -66,13 +67,23 @@ def _to_arrow(df: pd.DataFrame | pa.Table, schema: pa.Schema, table: str) -> pa.
 
 
 def _hash_files(folder: Path, names: list[str]) -> str:
+    return _digests(folder, names)[0]
+
+
+def _digests(folder: Path, names: list[str]) -> tuple[str, dict[str, str]]:
+    """The content hash over the files (name and bytes, in name order) and each file's own sha256,
+    in one read of the bytes."""
     h = hashlib.sha256()
+    each = {}
     for name in sorted(names):
         h.update(name.encode())
+        own = hashlib.sha256()
         with open(folder / name, "rb") as f:
             while chunk := f.read(1 << 22):
                 h.update(chunk)
-    return h.hexdigest()
+                own.update(chunk)
+        each[name] = own.hexdigest()
+    return h.hexdigest(), each
 
 
 class DatasetWriter:
@@ -92,7 +103,10 @@ class DatasetWriter:
     ) -> None:
         self.out = Path(out)
         if self.out.exists() and not overwrite:
-            raise FileExistsError(f"dataset folder already exists: {self.out} (pass overwrite to replace it)")
+            raise FileExistsError(
+                f"dataset folder already exists: {self.out}; pass --overwrite (overwrite=True in Python) "
+                "to replace it"
+            )
         self.contract = contract
         self.schemas = {t: arrow_schema(contract, t) for t in contract.tables}
         self.schemas.update(extra_tables or {})
@@ -123,12 +137,16 @@ class DatasetWriter:
         for w in self._writers.values():
             w.close()
         files = [f"{t}.parquet" for t in self._writers]
+        content_hash, digests = _digests(self.tmp, files)
         manifest = {
             "format_version": FORMAT_VERSION,
             "contract": {"name": self.contract.name, "version": self.contract.version},
             "contract_spec": self.contract.model_dump(mode="json"),
-            "tables": {t: {"file": f"{t}.parquet", "rows": self._rows[t]} for t in self._writers},
-            "content_hash": _hash_files(self.tmp, files),
+            "tables": {
+                t: {"file": f"{t}.parquet", "rows": self._rows[t], "sha256": digests[f"{t}.parquet"]}
+                for t in self._writers
+            },
+            "content_hash": content_hash,
             "meta": meta or {},
         }
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -193,11 +211,36 @@ def read_dataset(path: Path, *, tables: list[str] | None = None) -> Dataset:
     return Dataset(path, manifest, contract, {t: read_table(path, t) for t in wanted})
 
 
+def changed_files(path: Path, manifest: dict[str, Any] | None = None) -> tuple[str, list[str]]:
+    """The recomputed content hash and the table files whose bytes no longer match the manifest
+    (empty when the content hash matches). A missing file counts as changed. Manifests written
+    before per-file digests name every file when the content hash differs: any of them may be it."""
+    path = Path(path)
+    manifest = manifest if manifest is not None else read_manifest(path)
+    tables = list(manifest["tables"].values())
+    missing = [m["file"] for m in tables if not (path / m["file"]).is_file()]
+    actual, digests = _digests(path, [m["file"] for m in tables if m["file"] not in missing])
+    if not missing and actual == manifest["content_hash"]:
+        return actual, []
+    named = [m["file"] for m in tables if m.get("sha256") and m["sha256"] != digests.get(m["file"])]
+    if not named and not missing:  # a manifest without per-file digests: any of the files may be it
+        named = [m["file"] for m in tables]
+    return ("" if missing else actual), sorted(set(named) | set(missing))
+
+
 def verify_hash(path: Path) -> str:
-    """Recompute the content hash and compare it with the manifest's; returns the hash."""
-    manifest = read_manifest(path)
-    files = [m["file"] for m in manifest["tables"].values()]
-    actual = _hash_files(Path(path), files)
-    if actual != manifest["content_hash"]:
-        raise ValueError(f"dataset {path}: content hash {actual} != manifest {manifest['content_hash']}")
+    """Recompute the content hash and compare it with the manifest's; returns the hash.
+
+    Raises `DatasetChanged` (a ValueError) naming the table files that changed or are missing."""
+    actual, changed = changed_files(path)
+    missing = [f for f in changed if not (Path(path) / f).is_file()]
+    if missing:
+        raise DatasetChanged(
+            f"dataset {path}: {', '.join(missing)} missing (listed in its manifest.json); regenerate or re-import it"
+        )
+    if changed:
+        raise DatasetChanged(
+            f"dataset {path}: {', '.join(changed)} no longer match{'es' if len(changed) == 1 else ''} "
+            "the content hash in its manifest.json (changed after it was written); regenerate or re-import it"
+        )
     return actual

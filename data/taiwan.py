@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from govrisk.core.errors import InvalidInput
 from govrisk.core.hashing import sha256_file
 from govrisk.data.contract import MONTH, load_contract
 from govrisk.data.store import DatasetWriter
@@ -76,7 +77,7 @@ def _numbers(raw: pd.DataFrame, csv: Path) -> pd.DataFrame:
             bad |= values != np.round(values)
         if bad.any():
             kind = "an integer" if col in INT_COLUMNS else "a number"
-            raise ValueError(f"{csv}: column {col} must be {kind}, found {_where(raw, col, bad)}")
+            raise InvalidInput(f"{csv}: column {col} must be {kind}, found {_where(raw, col, bad)}")
         out[col] = values.astype("int64") if col in INT_COLUMNS else values
     return out
 
@@ -84,7 +85,7 @@ def _numbers(raw: pd.DataFrame, csv: Path) -> pd.DataFrame:
 def _decode(raw: pd.DataFrame, num: pd.DataFrame, col: str, codes: dict[int, Any], csv: Path) -> pd.Series:
     known = num[col].isin(list(codes))
     if not known.all():
-        raise ValueError(
+        raise InvalidInput(
             f"{csv}: column {col} has undocumented code {_where(raw, col, ~known)}; "
             f"known codes: {sorted(codes)}"
         )
@@ -107,11 +108,11 @@ def import_taiwan(csv: Path, *, out: Path, overwrite: bool = False) -> dict[str,
     raw = pd.read_csv(csv, dtype=str, keep_default_na=False)  # text first, so bad cells are shown as found
     missing = [c for c in COLUMNS if c not in raw.columns]
     if missing:
-        raise ValueError(f"{csv}: missing columns {missing}; expected {COLUMNS}")
+        raise InvalidInput(f"{csv}: missing columns {missing}; expected {COLUMNS}")
     num = _numbers(raw, csv)
     ids = "TW" + num["ID"].astype(str).str.zfill(5)
     if ids.duplicated().any():
-        raise ValueError(f"{csv}: duplicate ID {_where(raw, 'ID', ids.duplicated())}")
+        raise InvalidInput(f"{csv}: duplicate ID {_where(raw, 'ID', ids.duplicated())}")
 
     applicants = pd.DataFrame(
         {
@@ -147,11 +148,13 @@ def import_taiwan(csv: Path, *, out: Path, overwrite: bool = False) -> dict[str,
     # becomes a dataset; the error names the applicant, i.e. the row ID.
     report = validate_tables({"applicants": applicants, "statements": statements}, contract)
     if not report.ok:
-        shown = "\n".join(
-            f"  {e.table}.{e.column} {e.check}: {e.value!r} (applicant {e.applicant})"
-            for e in report.errors[:10]
+        # one line: the first offending value of each failed check, and how many more there are
+        shown = "; ".join(
+            f"{g.table}.{g.column} {g.check}: {g.examples[0].value!r} (applicant {g.examples[0].applicant})"
+            + (f" and {g.count - 1:,} more" if g.count > 1 else "")
+            for g in report.groups(examples=1)[:5]
         )
-        raise ValueError(f"{csv} breaks the {contract.name} contract ({report.summary}):\n{shown}")
+        raise InvalidInput(f"{csv} breaks the {contract.name} contract: {shown}")
 
     with DatasetWriter(out, contract=contract, overwrite=overwrite) as writer:
         writer.write("applicants", applicants)

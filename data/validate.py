@@ -27,9 +27,10 @@ from pandera.engines import pandas_engine
 from pandera.errors import ParserError, SchemaErrorReason, SchemaErrors
 
 from govrisk.data.contract import MONTH, ColumnSpec, ColumnType, Contract, load_contract
-from govrisk.data.store import MANIFEST, read_manifest
+from govrisk.data.store import MANIFEST, changed_files, read_manifest
 
 MAX_ERRORS_PER_CHECK = 1000  # per (table, column, check); the total is still counted
+EXAMPLES_PER_CHECK = 5  # examples a grouped report shows per (table, column, check)
 _TYPE_REASONS = {SchemaErrorReason.WRONG_DATATYPE, SchemaErrorReason.DATATYPE_COERCION}
 _VALUE_REASONS = {SchemaErrorReason.DATAFRAME_CHECK, SchemaErrorReason.CHECK_ERROR}
 
@@ -43,16 +44,39 @@ class ContractViolation:
     value: object
 
 
+@dataclass(frozen=True)
+class ViolationGroup:
+    """Every violation of one check in one column: how many, and the first few."""
+
+    table: str
+    column: str
+    check: str
+    count: int
+    examples: list[ContractViolation]  # at most EXAMPLES_PER_CHECK
+
+
 @dataclass
 class ValidationReport:
     errors: list[ContractViolation]  # at most MAX_ERRORS_PER_CHECK per (table, column, check)
     summary: str
     n_errors: int = 0  # every violation, including those beyond the per-check cap
     rows: dict[str, int] = field(default_factory=dict)
+    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)  # per (table, column, check)
 
     @property
     def ok(self) -> bool:
         return self.n_errors == 0 and not self.errors
+
+    def groups(self, examples: int = EXAMPLES_PER_CHECK) -> list[ViolationGroup]:
+        """One entry per (table, column, check), in the order found, with its exact count and at
+        most `examples` of its violations: a wrong type in one column is one entry, not one per row."""
+        first: dict[tuple[str, str, str], list[ContractViolation]] = {}
+        for e in self.errors:
+            shown = first.setdefault((e.table, e.column, e.check), [])
+            if len(shown) < examples:
+                shown.append(e)
+        counts = self.counts or Counter(first.keys())
+        return [ViolationGroup(*g, count=counts.get(g, len(v)), examples=v) for g, v in first.items()]
 
 
 def _all(s: pd.Series, value: bool) -> pd.Series:
@@ -328,12 +352,18 @@ def _check_not_after(df: pd.DataFrame, contract: Contract, out: _Collector) -> N
             out.add("applicants", col, f"not_after {spec.not_after}", positions, this[late], keys)
 
 
-def validate_tables(tables: dict[str, pd.DataFrame], contract: Contract) -> ValidationReport:
+def validate_tables(
+    tables: dict[str, pd.DataFrame], contract: Contract, *, changed: dict[str, str] | None = None
+) -> ValidationReport:
     """Validate in-memory tables (raw, not yet cast to the contract types) against `contract`.
 
-    A table missing from `tables` is a violation; tables not in the contract are ignored.
+    A table missing from `tables` is a violation; tables not in the contract are ignored. `changed`
+    (table -> file) lists files whose bytes no longer match their manifest: one violation each.
     """
     out = _Collector()
+    for table, file in (changed or {}).items():  # from validate_dataset: the manifest's content hash
+        message = f"{file} changed after the dataset was written (sha256 differs from manifest.json)"
+        out.add(table, "*", "content_hash", [None], [message], None)
     rows: dict[str, int] = {}
     applicants = tables.get("applicants")
     known = None
@@ -353,7 +383,9 @@ def validate_tables(tables: dict[str, pd.DataFrame], contract: Contract) -> Vali
         summary += f"; {out.total:,} violation{'s' if out.total > 1 else ''}"
         if out.total > len(out.errors):
             summary += f" ({len(out.errors):,} listed, at most {MAX_ERRORS_PER_CHECK:,} per check)"
-    return ValidationReport(errors=out.errors, summary=summary, n_errors=out.total, rows=rows)
+    return ValidationReport(
+        errors=out.errors, summary=summary, n_errors=out.total, rows=rows, counts=dict(out.counts)
+    )
 
 
 def validate_dataset(path: Path, *, contract: str | Path | None = None) -> ValidationReport:
@@ -369,10 +401,14 @@ def validate_dataset(path: Path, *, contract: str | Path | None = None) -> Valid
         else Contract.model_validate(manifest["contract_spec"])
     )
     files = {t: m["file"] for t, m in manifest["tables"].items()} if manifest else {}
+    changed = {}
+    if manifest:  # bytes that no longer match the manifest (a missing file is `table_present`'s)
+        _, names = changed_files(path, manifest)
+        changed = {t: f for t, f in files.items() if f in names and (path / f).is_file()}
     tables = {}
     for table in spec.tables:
         file = path / files.get(table, f"{table}.parquet")
         if file.exists():
             # raw Arrow types, not the contract's: a wrongly typed column must reach the checks as it is
             tables[table] = pq.read_table(file).to_pandas(date_as_object=False)
-    return validate_tables(tables, spec)
+    return validate_tables(tables, spec, changed=changed)

@@ -15,14 +15,36 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from govrisk.core.config import KINDS, config_path, list_configs
+from govrisk.core.errors import user_message
+
+console = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
+
+
+class _Govrisk(typer.core.TyperGroup):
+    """The root command: a user error raised by any command (a missing path, an unknown config or
+    tag, an existing output, bad input: `govrisk.core.errors`) becomes one line and exit 2; any other
+    exception is a bug and keeps its traceback. GOVRISK_DEBUG=1 shows the traceback of both."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except Exception as e:
+            message = user_message(e)
+            if message is None or os.environ.get("GOVRISK_DEBUG"):
+                raise
+            console.print(f"[red]error[/red]: {escape(message)}", soft_wrap=True, highlight=False)
+            raise typer.Exit(2) from None
+
 
 app = typer.Typer(
     help="govrisk: credit risk for small businesses, sole proprietors and farmers from government records.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=_Govrisk,
 )
 data_app = typer.Typer(help="Generate, import, validate and describe datasets.", no_args_is_help=True)
 data_import = typer.Typer(help="Map real data onto the record contract.", no_args_is_help=True)
@@ -37,7 +59,6 @@ app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 data_app.add_typer(data_import, name="import")
-console = Console(stderr=True)
 # Piped output (logs, CI, tests) is not a terminal: give tables room instead of rich's 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -114,30 +135,41 @@ def data_validate(
     contract: Annotated[
         str | None, typer.Option(help="Contract name or YAML path; default: the one in the manifest.")
     ] = None,
-    limit: Annotated[int, typer.Option(help="Show at most this many errors.")] = 50,
+    limit: Annotated[int, typer.Option(help="Show at most this many checks (column and check pairs).")] = 50,
 ) -> None:
-    """Check a dataset against its record contract; exit 1 and list every error if it breaks it.
+    """Check a dataset against its record contract and its manifest's content hash; exit 1 if it breaks either.
+
+    One line per table, column and check that fails: how many rows, and the first few (applicant: value).
 
     Example: govrisk data validate runs/data/county
     """
-    from govrisk.data.validate import validate_dataset
+    from govrisk.data.validate import EXAMPLES_PER_CHECK, validate_dataset
 
     try:
         report = validate_dataset(path, contract=contract)
     except (FileNotFoundError, ValueError) as e:
-        console.print(f"[red]error[/red]: {e}")
+        console.print(f"[red]error[/red]: {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(2) from None
     if report.ok:
         out.print(f"[green]valid[/green]: {path} ({report.summary})")
         return
-    table = Table(title=f"{report.n_errors:,} contract violations in {path}")
-    for col in ("table", "column", "check", "applicant", "value"):
-        table.add_column(col, overflow="fold")
-    for e in report.errors[:limit]:
-        table.add_row(e.table, e.column, e.check, str(e.applicant), repr(e.value))
-    out.print(table)
-    if report.n_errors > limit:
-        out.print(f"... and {report.n_errors - limit:,} more")
+    groups = report.groups()
+    out.print(
+        f"[red]{report.n_errors:,} contract violation{'s' if report.n_errors != 1 else ''}[/red] in {escape(str(path))} "
+        f"({len(groups)} check{'s' if len(groups) != 1 else ''}; {escape(report.summary)})",
+        soft_wrap=True,
+    )
+    for g in groups[:limit]:
+        shown = ", ".join(
+            repr(e.value) if e.applicant is None else f"{e.applicant}: {e.value!r}" for e in g.examples
+        )
+        more = ", …" if g.count > len(g.examples) else ""
+        line = f"  {g.table}.{g.column}  {g.check}  {g.count:,}: {shown}{more}"
+        out.print(escape(line), soft_wrap=True, highlight=False)
+    if len(groups) > limit:
+        out.print(f"... and {len(groups) - limit:,} more checks (--limit)")
+    if any(len(g.examples) == EXAMPLES_PER_CHECK and g.count > EXAMPLES_PER_CHECK for g in groups):
+        out.print(f"(at most {EXAMPLES_PER_CHECK} examples per check; govrisk.api.validate returns the rows)")
     raise typer.Exit(1)
 
 
@@ -169,9 +201,15 @@ def data_import_taiwan(
 
     Example: govrisk data import taiwan data/real/taiwan/UCI_Credit_Card.csv --out runs/data/taiwan
     """
+    import warnings
+
     from govrisk.data.taiwan import import_taiwan
 
-    manifest = import_taiwan(csv, out=out_dir, overwrite=overwrite)
+    with warnings.catch_warnings(record=True) as caught:  # a changed file: one line, not Python's two
+        warnings.simplefilter("always", UserWarning)
+        manifest = import_taiwan(csv, out=out_dir, overwrite=overwrite)
+    for w in caught:
+        console.print(f"[yellow]warning[/yellow]: {escape(str(w.message))}", soft_wrap=True)
     rows = ", ".join(f"{t} {m['rows']:,}" for t, m in manifest["tables"].items())
     out.print(f"wrote {out_dir}: {rows}")
 

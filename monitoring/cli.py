@@ -23,7 +23,7 @@ from rich.table import Table
 if TYPE_CHECKING:  # the commands import their libraries lazily: `govrisk --help` stays quick
     import pandas as pd
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
 out = Console(width=None if sys.stdout.isatty() else 160)
 monitor_app = typer.Typer(help="Live challenger results and in-loan early warning.", no_args_is_help=True)
 

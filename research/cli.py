@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
 out = Console(width=None if sys.stdout.isatty() else 160)
 
 

@@ -422,7 +422,7 @@ def promote(
         raise PromotionRefused("--override needs --reason TEXT: the audit log must say why")
     report_json = Path(report_dir) / "report.json"
     if not report_json.exists():
-        raise PromotionRefused(f"no report.json in {report_dir}; run `govrisk report` first")
+        raise FileNotFoundError(f"--report {report_dir}: no report.json; run `govrisk report` first")
     report = json.loads(report_json.read_text())
     folder, _ = model_path(tag, verify=True)  # a registered, untampered model only
     resolved = f"{folder.parent.name}:{folder.name}"

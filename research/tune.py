@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -35,6 +36,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -59,6 +61,7 @@ from govrisk.core.config import (
     set_dotted,
     work_dir,
 )
+from govrisk.core.errors import UnknownName
 from govrisk.core.hashing import sha256_json
 from govrisk.training.config import experiment_from_dict, resolved_dict
 from govrisk.training.lightning import set_threads
@@ -354,7 +357,7 @@ def open_study(spec: StudySpec, *, create: bool = True) -> tuple[Any, bool]:
             study_name=spec.study, storage=storage, sampler=sampler, pruner=_pruner(spec)
         )
     except KeyError:
-        raise KeyError(f"no study {spec.study!r} in {spec.storage}") from None
+        raise UnknownName(f"no study {spec.study!r} in {spec.storage}") from None
     stored = study.user_attrs.get(SPACE_ATTR)
     for _ in range(120):  # a worker that lost the creation race waits for the creator's attributes
         if stored is not None:
@@ -371,6 +374,31 @@ def open_study(spec: StudySpec, *, create: bool = True) -> tuple[Any, bool]:
 
 class SkippedTrial(RuntimeError):
     """Not trained: the study's trial budget is full, or the time budget would not let it finish."""
+
+
+class _SkippedTrialFilter(logging.Filter):
+    """Drops Optuna's two warnings (with a traceback) about a trial that raised SkippedTrial: the
+    skip is on purpose and the worker prints one line for it (`run_worker`'s progress callback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, SkippedTrial):
+            self._skipped = record.getMessage().split(" ", 2)[1]  # "Trial 7 failed with parameters …"
+            return False
+        # the second warning, "Trial 7 failed with value None.", follows the first at once
+        return not record.getMessage().startswith(f"Trial {getattr(self, '_skipped', '?')} failed with value")
+
+
+@contextlib.contextmanager
+def _quiet_skips() -> Iterator[None]:
+    """Optuna's traceback for a SkippedTrial left out while the block runs (see `_SkippedTrialFilter`)."""
+    logger = logging.getLogger("optuna.study._optimize")
+    f = _SkippedTrialFilter()
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)
 
 
 def _finished(study: Any) -> int:
@@ -500,7 +528,10 @@ def run_worker(
                       f"trial 0 is the default config", highlight=False)  # fmt: skip
 
     def progress(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-        if not echo or t.user_attrs.get("skipped"):
+        if not echo:
+            return
+        if t.user_attrs.get("skipped"):  # on purpose (budget full or no time left): one line, no traceback
+            console.print(f"trial {t.number:3d}  skipped   {t.user_attrs['skipped']}", highlight=False)
             return
         state = t.state.name.lower()
         ran[state] = ran.get(state, 0) + 1
@@ -529,7 +560,7 @@ def run_worker(
         )
 
     if _finished(study) < trials:
-        with reuse_prepared():
+        with reuse_prepared(), _quiet_skips():
             study.optimize(
                 make_objective(spec, trials, None if timeout is None else t0 + timeout),
                 timeout=timeout,

@@ -72,5 +72,40 @@ def register(app: typer.Typer) -> None:
         from govrisk.serving.decision_log import export_parquet
 
         dl = load_serving_config(config).decision_log
-        n = export_parquet(url=url or dl.resolved_url(), out=out, table=dl.table, schema=dl.schema_)
+        target = url or dl.resolved_url()
+        _has_decisions(target, dl.table, dl.schema_)  # an empty or unreachable log: one line, exit 2
+        n = export_parquet(url=target, out=out, table=dl.table, schema=dl.schema_)
         typer.echo(f"wrote {n:,} decisions to {out}")
+
+
+def _has_decisions(url: str, table: str, schema: str | None) -> None:
+    """Raise a UserError (one line, exit 2) naming the log when it holds no decision or cannot be read.
+
+    A SQLite file that does not exist yet is not created by looking at it."""
+    import sqlalchemy as sa
+
+    from govrisk.core.errors import UserError
+    from govrisk.serving.decision_log import make_engine
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise UserError("--url: not a database URL (e.g. sqlite:///runs/serving/decisions.db)") from None
+    shown = parsed.render_as_string(hide_password=True)
+    empty = f"decision log {shown} has no decisions yet"
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if database not in (None, "", ":memory:") and not Path(database).is_file():
+        raise UserError(f"{empty} (no file {database}); serve and score first")
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(table, schema=schema):
+                raise UserError(f"{empty} (no table {table!r}); serve and score first")
+            t = sa.Table(table, sa.MetaData(), schema=schema)
+            if conn.execute(sa.select(sa.func.count()).select_from(t)).scalar() == 0:
+                raise UserError(f"{empty} (table {table!r} is empty)")
+    except sa.exc.OperationalError as e:
+        first = str(e.orig or e).strip().splitlines()[0]
+        raise UserError(f"decision log {shown}: cannot read it: {first}") from None
+    finally:
+        engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from datetime import date
@@ -15,9 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 from govrisk.cli import app
+from govrisk.data import store
 from govrisk.data import validate as validate_module
 from govrisk.data.contract import load_contract
-from govrisk.data.store import DatasetWriter
+from govrisk.data.store import MANIFEST, DatasetWriter
 from govrisk.data.validate import ContractViolation, ValidationReport, validate_dataset, validate_tables
 
 COUNTY = load_contract("county")
@@ -87,8 +89,17 @@ def write_county(path: Path, tables: dict[str, pd.DataFrame]) -> Path:
 
 
 def break_table(path: Path, table: str, df: pd.DataFrame) -> None:
-    """Replace one table's Parquet file by hand, bypassing the writer's casts (as a foreign tool would)."""
+    """Replace one table's Parquet file by hand, bypassing the writer's casts (as a foreign tool would).
+
+    The manifest's hashes are recorded again, so only the contract breaks (changed bytes are a
+    violation of their own: tests/test_cli_errors.py)."""
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path / f"{table}.parquet")
+    manifest = json.loads((path / MANIFEST).read_text())
+    files = [m["file"] for m in manifest["tables"].values()]
+    manifest["content_hash"], digests = store._digests(path, files)
+    for m in manifest["tables"].values():
+        m["sha256"] = digests[m["file"]]
+    (path / MANIFEST).write_text(json.dumps(manifest))
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from govrisk.core.errors import InvalidInput
+
 M = TypeVar("M", bound=BaseModel)
 
 KINDS = ("contract", "features", "generator", "model", "experiment", "search", "governance", "serving",
@@ -59,7 +61,7 @@ def search_path() -> list[tuple[str, Path]]:
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
-        raise ValueError(f"unknown config kind {kind!r}; kinds: {', '.join(KINDS)}")
+        raise InvalidInput(f"unknown config kind {kind!r}; kinds: {', '.join(KINDS)}")
 
 
 def is_path(name_or_path: str | Path) -> bool:
@@ -116,11 +118,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
-        raise ValueError(f"{path}: not valid YAML{at}") from None
+        raise InvalidInput(f"{path}: not valid YAML{at}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+        raise InvalidInput(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
     return raw
 
 
@@ -140,7 +142,7 @@ def validate(model: type[M], raw: dict[str, Any], *, what: str, prefix: str = ""
     try:
         return model.model_validate(raw)
     except ValidationError as e:
-        raise ValueError(f"invalid {what}:\n{format_errors(e, prefix)}") from None
+        raise InvalidInput(f"invalid {what}:\n{format_errors(e, prefix)}") from None
 
 
 def load_config(kind: str, name_or_path: str | Path, model: type[M], **overrides: Any) -> M:
@@ -156,14 +158,14 @@ def load_config(kind: str, name_or_path: str | Path, model: type[M], **overrides
 def parse_override(item: str) -> tuple[str, Any]:
     """'model.params.trainer.max_epochs=3' -> ('model.params.trainer.max_epochs', 3)."""
     if "=" not in item:
-        raise ValueError(f"override {item!r} is not of the form key=value")
+        raise InvalidInput(f"override {item!r} is not of the form key=value")
     key, raw = item.split("=", 1)
     if not key or any(not part for part in key.split(".")):
-        raise ValueError(f"override {item!r}: empty key")
+        raise InvalidInput(f"override {item!r}: empty key")
     try:
         return key, yaml.safe_load(raw) if raw else None
     except yaml.YAMLError:
-        raise ValueError(f"override {item!r}: the value is not YAML") from None
+        raise InvalidInput(f"override {item!r}: the value is not YAML") from None
 
 
 def get_dotted(raw: dict[str, Any], key: str) -> Any:
@@ -183,7 +185,7 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     for part in path:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ValueError(f"key {key!r}: {part!r} is not a section")
+            raise InvalidInput(f"key {key!r}: {part!r} is not a section")
     node[last] = value
 
 
@@ -194,5 +196,5 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         try:
             set_dotted(raw, key, value)
         except ValueError as e:
-            raise ValueError(f"override {item!r}: {e}") from None
+            raise InvalidInput(f"override {item!r}: {e}") from None
     return raw

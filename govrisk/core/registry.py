@@ -33,6 +33,7 @@ from typing import Any
 
 from govrisk.core import signing
 from govrisk.core.config import work_dir
+from govrisk.core.errors import UnknownName
 from govrisk.core.hashing import sha256_bytes, sha256_file, sha256_json
 
 PROJECT_LABEL = "govrisk"
@@ -162,7 +163,7 @@ def _get(tag: str) -> Any:
     try:
         return bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
-        raise KeyError(f"no model {tag!r} in the store at {os.environ['BENTOML_HOME']}") from None
+        raise UnknownName(f"no model {tag!r} in the store at {os.environ['BENTOML_HOME']}") from None
 
 
 def model_path(tag: str, *, verify: bool = True) -> tuple[Path, dict[str, Any]]:
