@@ -186,6 +186,10 @@ def _finite(s: pd.Series) -> pd.Series:
     return pd.Series(np.isfinite(s.astype("float64")), index=s.index)
 
 
+def _not_finite(s: pd.Series) -> pd.Series:
+    return ~_finite(s)
+
+
 def _first_of_month(s: pd.Series) -> pd.Series:
     return (s.dt.day == 1) & (s == s.dt.normalize())
 
@@ -195,13 +199,16 @@ def _column(spec: ColumnSpec, *, nullable: bool = False, required: bool = True) 
     if spec.type in {"float", "int"}:
         checks.append(pa.Check(_finite, name="finite"))
     # Checks are named in the contract's own words ("min 0"), which is what a user fixes.
+    # Range checks pass NaN and infinities: the null and finite checks report them, once.
     if spec.min is not None:
+        lo = spec.min
         if spec.exclusive_min:
-            checks.append(pa.Check.gt(spec.min, error=f"exclusive_min {spec.min:g}"))
+            checks.append(pa.Check(lambda s: _not_finite(s) | (s > lo), error=f"exclusive_min {lo:g}"))
         else:
-            checks.append(pa.Check.ge(spec.min, error=f"min {spec.min:g}"))
+            checks.append(pa.Check(lambda s: _not_finite(s) | (s >= lo), error=f"min {lo:g}"))
     if spec.max is not None:
-        checks.append(pa.Check.le(spec.max, error=f"max {spec.max:g}"))
+        hi = spec.max
+        checks.append(pa.Check(lambda s: _not_finite(s) | (s <= hi), error=f"max {hi:g}"))
     if spec.min_date is not None:  # dates are coerced to datetimes before checks run
         checks.append(pa.Check.ge(pd.Timestamp(spec.min_date), error=f"min_date {spec.min_date}"))
     if spec.max_date is not None:
