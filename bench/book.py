@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from govrisk.core.config import work_dir
+from govrisk.core.pseudonym import Pseudonymizer
 from govrisk.data.outcomes import play_forward
 from govrisk.data.store import read_dataset
 from govrisk.data.synthetic import generate, load_generator_config
@@ -40,7 +42,6 @@ from govrisk.monitoring.book import (
 )
 from govrisk.monitoring.config import load_monitoring_config
 from govrisk.research.report import resolve_model
-from govrisk.serving.engine import applicant_hash
 from govrisk.serving.models import LoadedModel
 
 BUDGET_S = 120.0
@@ -80,7 +81,7 @@ def main() -> None:
         generate(load_generator_config("county"), n_applicants=args.loans, seed=5, out=data, progress=False)
     forward = work_dir() / "outcomes" / f"bench-book-{args.loans}-s5"
     if not (forward / "manifest.json").exists():
-        play_forward(data, out=forward, hash_of=lambda i: applicant_hash(i, "govrisk-applicant-v1"))
+        play_forward(data, out=forward, hash_of=Pseudonymizer(secrets.token_bytes(32)))
     champion, challenger = models(args)
     refs = {"champion": resolve_model(champion), "challenger": resolve_model(challenger)}
     cfg = load_monitoring_config().book

@@ -5,7 +5,7 @@ brought in too (a Parquet or CSV file with these columns, joined to the decision
 
 | column | type | meaning |
 |---|---|---|
-| `applicant_hash` | string, 64 lower-case hex | sha256(salt:applicant id), as the decision log stores it |
+| `applicant_hash` | string, 64 lower-case hex | HMAC-SHA256 of the applicant id under the secret applicant key, as the decision log stores it |
 | `application_date` | date | the application it belongs to (an applicant may apply more than once) |
 | `observation_date` | date | the date up to which repayment was observed |
 | `default_12m` | bool (or 0/1) | defaulted within 12 months of the application month, as of the observation date |
@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from govrisk.core.pseudonym import pseudonym_functions
 from govrisk.data.contract import Contract
 from govrisk.data.store import DatasetWriter, read_manifest, read_table
 from govrisk.data.synthetic import (
@@ -99,7 +100,8 @@ def play_forward(
 
     `applications` (columns `applicant_hash`, `application_date`: the decisions to follow, e.g. read
     from the decision log) picks the applicants; None takes every applicant of the dataset.
-    `hash_of` is the serving hash of an applicant id (salted sha256). The folder holds the matched
+    `hash_of` is the serving pseudonym of an applicant id (a `govrisk.core.pseudonym.Pseudonymizer`:
+    HMAC-SHA256 under the applicant key, earlier keys accepted). The folder holds the matched
     `applicants` rows, the forward months of every monthly table (contract format) and the
     `outcomes` table; its manifest says how many applications matched. Returns the manifest."""
     dataset = Path(dataset)
@@ -110,7 +112,11 @@ def play_forward(
     seed, drift = int(manifest["meta"]["seed"]), bool(manifest["meta"]["drift"])
 
     applicants = read_table(dataset, "applicants")
-    hashes = np.array([hash_of(str(k)) for k in applicants[key]], dtype=object)
+    ids = [str(k) for k in applicants[key]]
+    # the pseudonym of each applicant under each accepted key (current first; earlier keys after a
+    # rotation), so a decision logged under any of them is found; outcomes carry the logged hash
+    functions = pseudonym_functions(hash_of)
+    hashes = np.array([functions[0](i) for i in ids], dtype=object)
     app_dates = applicants[date_col].to_numpy().astype("datetime64[D]")
     if applications is None:
         positions = np.arange(len(applicants))
@@ -121,17 +127,21 @@ def play_forward(
             raise ValueError(f"applications: missing columns {missing}")
         wanted = applications[["applicant_hash", "application_date"]].drop_duplicates()
         wanted_dates = pd.to_datetime(wanted["application_date"]).to_numpy().astype("datetime64[D]")
-        index = pd.MultiIndex.from_arrays([hashes, app_dates])
+        every = [hashes, *(np.array([f(i) for i in ids], dtype=object) for f in functions[1:])]
+        index = pd.MultiIndex.from_arrays([np.concatenate(every), np.tile(app_dates, len(every))])
         found = index.get_indexer(
             pd.MultiIndex.from_arrays([wanted["applicant_hash"].to_numpy(), wanted_dates])
         )
-        positions = np.sort(found[found >= 0])
+        logged = wanted["applicant_hash"].to_numpy()[found >= 0]
+        # one outcome per application, under the hash it was (first) logged with, whichever key made it
+        positions, first = np.unique(found[found >= 0] % max(len(ids), 1), return_index=True)
+        hashes[positions] = logged[first]
         unmatched = int((found < 0).sum())
         if len(positions) == 0:
             raise ValueError(
-                f"none of the {len(wanted):,} logged applications is in {dataset} (matched on the salted "
-                "applicant hash and the application date): another dataset, or another "
-                "decision_log.applicant_hash_salt than the server's?"
+                f"none of the {len(wanted):,} logged applications is in {dataset} (matched on the keyed "
+                "applicant hash and the application date): another dataset, or another applicant key "
+                "(GOVRISK_APPLICANT_KEY / _FILE; earlier keys: GOVRISK_APPLICANT_KEY_OLD_FILE) than the server's?"
             )
 
     truth = read_table(dataset, TRUTH_TABLE)["true_pd"].to_numpy()

@@ -6,6 +6,10 @@
 
 Step 9 of `make demo`; with --batch it also sends a whole county through /score_batch, the live
 population that `govrisk monitor live` later judges (step 10).
+
+A started server gets the API key `--api-key` and the applicant pseudonym key of the environment
+(`GOVRISK_APPLICANT_KEY(_FILE)`; scripts/demo.sh exports the demo's generated key file), else the
+launcher's demo key file `<work>/secrets/applicant.key` (devtools/launcher.py).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import yaml
 
+from govrisk.core import pseudonym
 from govrisk.core.config import work_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +33,10 @@ class Server:
     """`bentoml serve govrisk.serving.service:Scoring` in its own process group, on a free loopback port.
 
     `service`: another BentoML service to serve the same way (bench/serving_floor.py's no-op one).
+    `fault`: test-only challenger fault (`raise` or `sleep:<ms>`, devtools/faults.py): serves
+    `devtools.fault_service:Scoring` instead. `cli`: start through `govrisk serve` (its supervision)
+    rather than `bentoml serve` directly. Applicant pseudonym key: the environment's
+    (`GOVRISK_APPLICANT_KEY(_FILE)`), else the demo key file of the work folder, created 0600.
     """
 
     def __init__(
@@ -42,10 +47,13 @@ class Server:
         api_keys: str = API_KEY,
         port: int | None = None,
         service: str = "govrisk.serving.service:Scoring",
+        fault: str | None = None,
+        cli: bool = False,
     ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
-        self.service = service
+        self.service = "devtools.fault_service:Scoring" if fault else service
+        self.cli = cli
         self.config_path = folder / "serving.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.port = port or free_port()
@@ -59,6 +67,13 @@ class Server:
             GOVRISK_API_KEYS=api_keys,
             OMP_NUM_THREADS="1",
         )
+        if fault:
+            from devtools.faults import FAULT_ENV, parse
+
+            parse(fault)
+            self.env[FAULT_ENV] = fault
+        if not (self.env.get(pseudonym.KEY_ENV) or self.env.get(pseudonym.KEY_FILE_ENV)):
+            self.env[pseudonym.KEY_FILE_ENV] = str(pseudonym.ensure_demo_key())
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> Server:
@@ -66,7 +81,13 @@ class Server:
 
     def launch(self) -> Server:
         """Start the process without waiting: several servers can then start side by side."""
-        cmd = [sys.executable, "-m", "bentoml", "serve", self.service]
+        if self.cli:
+            assert self.service == "govrisk.serving.service:Scoring", (
+                "govrisk serve serves the Scoring service"
+            )
+            cmd = [str(Path(sys.executable).parent / "govrisk"), "serve", "--config", str(self.config_path)]
+        else:
+            cmd = [sys.executable, "-m", "bentoml", "serve", self.service]
         cmd += ["--port", str(self.port), "--host", "127.0.0.1"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

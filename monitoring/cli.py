@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -44,12 +43,18 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
 
 
 def _serving(name: str) -> tuple[object, Callable[[str], str]]:
-    """The serving config and the hash it logs applicants under (salted sha256 of the id)."""
+    """The serving config and the pseudonym it logs applicants under: HMAC-SHA256 under the applicant
+    key of the environment, current and earlier keys (rotation: govrisk.core.pseudonym). A missing key
+    is a ValueError naming the variables."""
+    from govrisk.core.pseudonym import load_pseudonymizer
+    from govrisk.core.signing import SigningKeyError
     from govrisk.serving.config import load_serving_config
-    from govrisk.serving.engine import applicant_hash
 
     cfg = load_serving_config(name)
-    return cfg, partial(applicant_hash, salt=cfg.decision_log.applicant_hash_salt)
+    try:
+        return cfg, load_pseudonymizer()
+    except SigningKeyError as e:
+        raise ValueError(str(e)) from None
 
 
 def _decisions(log: str | None, serving_cfg: object):

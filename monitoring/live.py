@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from govrisk.core.pseudonym import pseudonym_functions
 from govrisk.data.outcomes import mature
 from govrisk.data.store import Dataset, read_dataset, verify_hash
 from govrisk.monitoring.config import MonitoringConfig
@@ -73,11 +74,27 @@ def application_keys(hashes: np.ndarray, dates: np.ndarray | pd.Series) -> pd.Mu
     return pd.MultiIndex.from_arrays([np.asarray(hashes, dtype=object), days])
 
 
-def application_index(ds: Dataset, hash_of: Callable[[str], str]) -> pd.MultiIndex:
-    """The join key of every row of a dataset, in row order (the decision log hashes ids the same way)."""
+class ApplicationIndex:
+    """The join keys of a dataset's rows under every accepted pseudonym key (rotation): `get_indexer`
+    gives the row of each (logged hash, date), whichever key the hash was logged under, or -1."""
+
+    def __init__(self, index: pd.MultiIndex, n: int) -> None:
+        self.index, self.n = index, n
+
+    def get_indexer(self, keys: pd.MultiIndex) -> np.ndarray:
+        pos = self.index.get_indexer(keys)
+        return np.where(pos >= 0, pos % max(self.n, 1), -1)
+
+
+def application_index(ds: Dataset, hash_of: Callable[[str], str]) -> ApplicationIndex:
+    """The join key of every row of a dataset (the decision log pseudonymises ids the same way), under
+    each key `hash_of` accepts (govrisk.core.pseudonym: the current key and earlier ones)."""
     c = ds.contract
-    hashes = [hash_of(str(k)) for k in ds.applicants[c.key]]
-    return application_keys(np.array(hashes, dtype=object), ds.applicants[c.applicants.application_date])
+    ids = [str(k) for k in ds.applicants[c.key]]
+    dates = pd.to_datetime(ds.applicants[c.applicants.application_date]).to_numpy()
+    functions = pseudonym_functions(hash_of)
+    hashes = np.array([f(i) for f in functions for i in ids], dtype=object)
+    return ApplicationIndex(application_keys(hashes, np.tile(dates, len(functions))), len(ids))
 
 
 def _quantiles(x: pd.Series) -> dict[str, float] | None:

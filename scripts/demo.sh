@@ -5,6 +5,15 @@ cd "$(dirname "$0")/.."
 GOVRISK=.venv/bin/govrisk
 WORK="${GOVRISK_WORK:-runs}"
 DATA="$WORK/data/county-20000-s7"  # where the county_* experiments look for it
+# The applicant pseudonym key (the decision log stores HMAC-SHA256 of each applicant id under it): the
+# demo's own, 32 random bytes written once to $WORK/secrets/applicant.key with mode 0600 (git-ignored).
+# The server, `data outcomes` and `monitor live/book` read it through this variable; production sets
+# GOVRISK_APPLICANT_KEY or GOVRISK_APPLICANT_KEY_FILE from a secrets manager instead.
+if [ -z "${GOVRISK_APPLICANT_KEY:-}" ] && [ -z "${GOVRISK_APPLICANT_KEY_FILE:-}" ]; then
+  GOVRISK_APPLICANT_KEY_FILE="$(GOVRISK_WORK="$WORK" .venv/bin/python -m govrisk.core.pseudonym)"
+  export GOVRISK_APPLICANT_KEY_FILE
+  echo "demo applicant pseudonym key: $GOVRISK_APPLICANT_KEY_FILE"
+fi
 
 echo "== 1. Generate a synthetic county (20,000 applicants, seed 7)"
 $GOVRISK data generate --applicants 20000 --seed 7 --out "$DATA" --overwrite

@@ -43,20 +43,28 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Start the BentoML scoring endpoint (champion + challenger, decision log) in the foreground.
 
-        API keys: set GOVRISK_API_KEYS=key1,key2 or put sha256 digests in the config's auth.key_hashes.
+        API keys: set GOVRISK_API_KEYS=key1,key2 or put sha256 digests in the config's auth.key_hashes
+        (no key: refused, unless the config says auth.open: true). Applicant pseudonym key:
+        GOVRISK_APPLICANT_KEY or GOVRISK_APPLICANT_KEY_FILE (refused without one).
 
-        Example: GOVRISK_API_KEYS=demo-key govrisk serve --config default --port 3000
+        SIGTERM, SIGINT and SIGHUP stop the server (forwarded); if this process is killed, the server
+        and its workers stop with it (serving/supervise.py).
+
+        Example: GOVRISK_API_KEYS=demo-key GOVRISK_APPLICANT_KEY_FILE=secrets/applicant.key govrisk serve
         """
-        import subprocess
         import sys
 
-        from govrisk.serving.config import load_serving_config
+        from govrisk.serving.config import load_serving_config, startup_problem
+        from govrisk.serving.supervise import run_supervised
 
         env = serve_env(config)
         cfg = load_serving_config(env["GOVRISK_SERVING_CONFIG"])  # a bad key fails before BentoML starts
+        if problem := startup_problem(cfg):
+            typer.echo(f"error: refusing to start: {problem}", err=True)
+            raise typer.Exit(2)
         cmd = [sys.executable, "-m", "bentoml", "serve", "govrisk.serving.service:Scoring"]
         cmd += ["--port", str(port or cfg.port), "--host", host or cfg.host]
-        raise typer.Exit(subprocess.call(cmd, env=env))
+        raise typer.Exit(run_supervised(cmd, env=env))
 
     @decisions_app.command("export")
     def export(

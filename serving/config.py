@@ -28,26 +28,19 @@ class RoutingConfig(StrictModel):
     salt: str = Field(default="govrisk-split-v1", min_length=1)  # change it to re-draw the arms
 
 
-class FaultInjection(StrictModel):
-    """Test-only: make the challenger raise or sleep, to prove the champion does not wait for it.
-
-    Kept in configuration (not monkeypatching) so tests exercise the real server process.
-    """
-
-    mode: Literal["none", "raise", "sleep"] = "none"
-    sleep_ms: float = Field(default=0, ge=0, le=60_000)
-
-
 class ChallengerConfig(StrictModel):
     tag: str | None = "county-cnn:latest"  # null: no challenger
     budget_ms: float = Field(default=15, gt=0, le=10_000)  # wait at most this long for its answer
-    fault: FaultInjection = FaultInjection()
+    # (fault injection for the isolation tests is not configuration: devtools/faults.py, test-only)
 
 
 class AuthConfig(StrictModel):
     # sha256 hex digests of accepted API keys; raw keys are never written to configuration
     key_hashes: tuple[str, ...] = ()
     keys_env: str | None = "GOVRISK_API_KEYS"  # comma-separated raw keys, hashed at start-up
+    # true: serve without API keys (every request accepted; logged as a warning at start-up). False
+    # (the default) and no key configured: the server refuses to start.
+    open: bool = False
 
     @model_validator(mode="after")
     def _hex(self) -> AuthConfig:
@@ -66,7 +59,8 @@ class DecisionLogConfig(StrictModel):
     # not a power cut or kernel crash; it spares one fsync (~1-10 ms) per commit. "full"
     # fsyncs the WAL on every commit and also survives power loss.
     sqlite_synchronous: Literal["full", "normal"] = "normal"
-    applicant_hash_salt: str = Field(default="govrisk-applicant-v1", min_length=1)
+    # applicant_hash is HMAC-SHA256 under a secret key from the environment, not configuration:
+    # govrisk.core.pseudonym (GOVRISK_APPLICANT_KEY / GOVRISK_APPLICANT_KEY_FILE)
 
     def resolved_url(self) -> str:
         if self.url:
@@ -122,12 +116,37 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def key_accepted(key: str | None, hashes: frozenset[str]) -> bool:
-    """Constant-time check of a presented key against the stored digests."""
+def key_accepted(key: str | None, hashes: frozenset[str] | None) -> bool:
+    """Constant-time check of a presented key against the stored digests; `hashes` None: open."""
+    if hashes is None:
+        return True
     if not key:
         return False
     digest = hash_key(key)
     return any(hmac.compare_digest(digest, h) for h in hashes)
+
+
+def startup_problem(cfg: ServingConfig) -> str | None:
+    """Why the server must not start with `cfg` (one line), or None: no API key unless `auth.open`,
+    keys together with `auth.open`, or no applicant pseudonym key. Checked by `govrisk serve` before
+    BentoML starts and again when the service module loads (a plain `bentoml serve`)."""
+    from govrisk.core.pseudonym import load_applicant_key
+    from govrisk.core.signing import SigningKeyError
+
+    keys = cfg.key_hashes()
+    if not keys and not cfg.auth.open:
+        where = f"${cfg.auth.keys_env} or " if cfg.auth.keys_env else ""
+        return (
+            f"no API key configured: set {where}auth.key_hashes, or set auth.open: true to serve "
+            "without keys (every request accepted)"
+        )
+    if keys and cfg.auth.open:
+        return f"auth.open is true but {len(keys)} API key(s) are configured: remove one or the other"
+    try:
+        load_applicant_key()
+    except SigningKeyError as e:
+        return str(e)
+    return None
 
 
 def load_serving_config(name_or_path: str | Path | None = None, **overrides: Any) -> ServingConfig:

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from govrisk.core.pseudonym import Pseudonymizer, load_pseudonymizer
 from govrisk.core.rating import MasterScale, load_master_scale
 from govrisk.core.records import DecisionRecord, reason_codes
 from govrisk.data.features import FeatureSet
@@ -40,13 +41,19 @@ BATCH_BUDGET_MS_PER_APPLICANT = 0.5  # a batch's challenger budget grows with it
 
 
 def arm_of(applicant_id: str, *, share: float, salt: str) -> str:
-    """'challenger' for a stable `share` of applicants (by hashed id), else 'champion'."""
+    """'challenger' for a stable `share` of applicants (by hashed id), else 'champion'.
+
+    A plain sha256 with a public salt (`routing.salt`, in git) on purpose: the draw only has to be
+    stable and even, not secret, and the arm is logged in the clear anyway. The pseudonym of the
+    decision log is keyed (`applicant_hash`)."""
     h = hashlib.sha256(f"{salt}:{applicant_id}".encode()).digest()
     return "challenger" if int.from_bytes(h[:8], "big") / 2.0**64 < share else "champion"
 
 
-def applicant_hash(applicant_id: str, salt: str) -> str:
-    return hashlib.sha256(f"{salt}:{applicant_id}".encode()).hexdigest()
+def applicant_hash(applicant_id: str, key: bytes) -> str:
+    """The decision log's pseudonym of an applicant id: HMAC-SHA256 under the secret applicant key
+    (`govrisk.core.pseudonym`; the Scorer holds a `Pseudonymizer` of the same)."""
+    return Pseudonymizer(key)(applicant_id)
 
 
 def input_digest(record: Any) -> str:
@@ -66,8 +73,10 @@ class ChallengerResult:
 class Scorer:
     """Champion and challenger, the parser, the policy and the master scale of one serving config."""
 
-    def __init__(self, *, config: ServingConfig) -> None:
+    def __init__(self, *, config: ServingConfig, pseudonym: Pseudonymizer | None = None) -> None:
         self.config = config
+        # the applicant pseudonym key: refused (SigningKeyError, one line) when none is configured
+        self.pseudonym = pseudonym or load_pseudonymizer(with_old=False)
         self.mode = config.routing.mode
         self.champion = LoadedModel(tag=config.champion, threads=config.onnx_threads)
         self.challenger: LoadedModel | None = None
@@ -106,11 +115,6 @@ class Scorer:
     def _challenger_job(self, fs: FeatureSet | None, batch: Applicants) -> tuple[ModelOutput, float]:
         try:
             t0 = time.perf_counter()
-            fault = self.config.challenger.fault
-            if fault.mode == "raise":
-                raise RuntimeError("injected challenger fault (challenger.fault.mode=raise)")
-            if fault.mode == "sleep":
-                time.sleep(fault.sleep_ms / 1000)
             assert self.challenger is not None
             if fs is None:  # a different feature schema: its own transform, off the champion's path
                 fs = self.features(self.challenger, batch)
@@ -189,7 +193,7 @@ class Scorer:
         raw_matrix = fs.raw.to_numpy()
         raw = {f: raw_matrix[:, self._raw_pos[f]] for f in self.policy.raw_fields}
         now = dt.datetime.now(dt.UTC)
-        salt = self.config.decision_log.applicant_hash_salt
+        pseudonym = self.pseudonym
         date_col = self.champion.builder.contract.applicants.application_date
         # Python values (float, bool, str, datetime.date) of each applicant column in one C pass per
         # column, not one numpy scalar at a time: a batch's records cost less than its JSON.
@@ -223,7 +227,7 @@ class Scorer:
                     applicant_id=ids[i],
                     created_at=now,
                     endpoint=endpoint,
-                    applicant_hash=applicant_hash(ids[i], salt),
+                    applicant_hash=pseudonym(ids[i]),
                     input_digest=input_digest(batch.records[i]),
                     application_date=applicant[date_col],
                     routing_mode=self.mode,

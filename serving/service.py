@@ -13,6 +13,7 @@ import asyncio
 import gc
 import json
 import logging
+import sys
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -26,14 +27,26 @@ from starlette.responses import JSONResponse, Response
 
 from govrisk.core.records import DecisionRecord
 from govrisk.serving.admission import AdmissionMiddleware, Malformed, TooMany, count_applicants, parse_json
-from govrisk.serving.config import ServingConfig, key_accepted, load_serving_config
+from govrisk.serving.config import ServingConfig, key_accepted, load_serving_config, startup_problem
 from govrisk.serving.decision_log import DecisionLog
 from govrisk.serving.engine import Scorer
 from govrisk.serving.openapi import OpenApiMiddleware, champion_source
 from govrisk.serving.request import BadInput, FieldError, json_safe
+from govrisk.serving.supervise import bind_worker_to_server
 
 log = logging.getLogger("govrisk.serving")
 CONFIG: ServingConfig = load_serving_config()
+# Start-up checks, in the arbiter before it listens and in each worker (serving/supervise.py: a worker
+# dies with its server; serving/config.py startup_problem: API keys or auth.open, the pseudonym key).
+bind_worker_to_server()
+if _problem := startup_problem(CONFIG):
+    raise SystemExit(f"govrisk: refusing to start: {_problem}")
+if CONFIG.auth.open:
+    print(  # loud on purpose: an open endpoint decides for anyone who can reach it
+        "govrisk: WARNING: auth.open is true: /score and /score_batch accept requests WITHOUT an API key",
+        file=sys.stderr,
+        flush=True,
+    )
 PROTECTED = {"/score", "/score_batch"}
 EXAMPLE = json.loads((Path(__file__).parent / "example_request.json").read_text())
 
@@ -513,6 +526,6 @@ Scoring.add_asgi_middleware(
 )
 Scoring.add_asgi_middleware(
     ApiKeyMiddleware,
-    hashes=CONFIG.key_hashes(),
+    hashes=None if CONFIG.auth.open else CONFIG.key_hashes(),  # None: open (auth.open)
     limits={"/score": CONFIG.max_payload_kib * 1024, "/score_batch": CONFIG.max_batch_payload_kib * 1024},
 )

@@ -13,6 +13,7 @@ from govrisk.data.synthetic import generate, load_generator_config
 
 TINY_APPLICANTS = 3000
 TINY_SEED = 1
+APPLICANT_KEY = b"test-only-applicant-key-" + b"1" * 32
 
 
 def tiny_experiment(dataset: Path, kind: str, *, name: str, **params: object) -> dict:
@@ -33,6 +34,8 @@ def _work_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     # One integrity key for the session (manifests and the audit log), whatever work folder a test
     # points at; tests of the key's sources (tests/test_integrity.py) unset it where they need to.
     os.environ["GOVRISK_MODEL_KEY"] = "test-only-integrity-key-" + "0" * 32
+    # The applicant pseudonym key (govrisk.core.pseudonym): servers and the join commands need one.
+    os.environ["GOVRISK_APPLICANT_KEY"] = APPLICANT_KEY.decode()
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import tiny_experiment
+from conftest import APPLICANT_KEY, tiny_experiment
 from typer.testing import CliRunner
 
 from govrisk.cli import app
@@ -29,7 +29,6 @@ from govrisk.data.synthetic import generate, load_generator_config
 from govrisk.serving.engine import applicant_hash
 
 runner = CliRunner()
-SALT = "govrisk-applicant-v1"  # configs/serving/default.yaml decision_log.applicant_hash_salt
 LIVE_APPLICANTS = 2500
 SMALL_CNN = {
     "trainer": {"max_epochs": 3, "patience": 2, "batch_size": 256},
@@ -38,7 +37,7 @@ SMALL_CNN = {
 
 
 def h(applicant_id: str) -> str:
-    return applicant_hash(applicant_id, SALT)
+    return applicant_hash(applicant_id, APPLICANT_KEY)  # the session's key (conftest)
 
 
 # --- fixtures: models, live populations, decision logs ---------------------------------------------
@@ -78,10 +77,15 @@ def write_log(
     from govrisk.serving.decision_log import DecisionLog
     from govrisk.serving.engine import Scorer
 
+    fault = over.pop("fault", None)  # devtools/faults.py: "raise" or "sleep:<ms>"
     challenger = {"tag": models["challenger"], "budget_ms": 10_000} | over.pop("challenger", {})
     cfg = load_serving_config("default", champion=models["champion"], challenger=challenger,
                               decision_log={"url": url}, **over)  # fmt: skip
     scorer, log = Scorer(config=cfg), DecisionLog(url=url)
+    if fault:
+        from devtools.faults import inject
+
+        inject(scorer, fault)
     try:
         bodies = request_bodies(read_dataset(dataset))[rows]
         for start in range(0, len(bodies), 500):
@@ -196,7 +200,7 @@ def test_outcomes_replay_every_chunk_and_refuse_an_edited_dataset(tmp_path: Path
     table.to_parquet(edited / "applicants.parquet", index=False)
     with pytest.raises(ValueError, match="does not reproduce the dataset's labels"):
         play_forward(edited, out=tmp_path / "out2", hash_of=h, applications=wanted)
-    with pytest.raises(ValueError, match=r"another dataset, or another decision_log\.applicant_hash_salt"):
+    with pytest.raises(ValueError, match=r"another dataset, or another applicant key"):
         play_forward(
             tmp_path / "ds", out=tmp_path / "out3", hash_of=lambda i: h("x" + i), applications=wanted
         )
@@ -342,7 +346,7 @@ def test_challenger_errors_breach_and_too_few_outcomes_exit_3(models: dict, work
     # of an application is the one judged; the error rate counts every decision).
     shutil.copy(work / "live.db", work / "faulty.db")
     url = f"sqlite:///{work / 'faulty.db'}"
-    write_log(live["data"], url, models, rows=slice(0, 100), challenger={"fault": {"mode": "raise"}})
+    write_log(live["data"], url, models, rows=slice(0, 100), fault="raise")
     args = ["monitor", "live", "--log", url, "--outcomes", live["outcomes"], "--config", live["config"]]
     result = cli(*args, "--out", work / "faulty-report")
     assert result.exit_code == 1, result.output

@@ -4,8 +4,9 @@ One server per configuration: shadow (most checks), split, champion_only, a chal
 one that sleeps past its budget, one that is missing, and PostgreSQL. All of them start side by side
 once per session (`servers`): a server spends its start-up mostly importing, so starting them one
 after another would cost the sum of those waits instead of about the longest.
-The failing and slow challengers come from the test-only `challenger.fault` config hook (see
-serving/config.py), so the real server process is what is exercised.
+The failing and slow challengers come from the test-only fault injection of devtools/faults.py (an
+environment variable read by `devtools.fault_service:Scoring`, not a key of the serving config), so
+the real server process is what is exercised.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 import yaml
+from conftest import APPLICANT_KEY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -130,15 +132,17 @@ def servers(trained, tmp_path_factory) -> dict[str, Server | str]:
         "shadow": {},
         "split": {"routing": {"mode": "split", "split_share": 0.5}},
         "champion_only": {"routing": {"mode": "champion_only"}},
-        "raising": {"challenger": {"fault": {"mode": "raise"}}},
-        "sleeping": {"challenger": {"budget_ms": 20, "fault": {"mode": "sleep", "sleep_ms": 500}}},
+        "raising": {},
+        "sleeping": {"challenger": {"budget_ms": 20}},
         "missing": {"challenger": {"tag": "county-nothing:latest"}},
         "tight": {"max_in_flight": 4, "max_batches_in_flight": 1},  # back-pressure (issue 14, item 4)
     }
+    faults = {"raising": "raise", "sleeping": "sleep:500"}  # devtools/faults.py
     launched: dict[str, Server] = {}
     for name, over in configs.items():
         folder = tmp_path_factory.mktemp(name)
-        launched[name] = Server(folder, config(trained, sqlite_url(folder), **over)).launch()
+        cfg = config(trained, sqlite_url(folder), **over)
+        launched[name] = Server(folder, cfg, fault=faults.get(name)).launch()
     pg_problem = _pg_available()
     if pg_problem is None:
         folder = tmp_path_factory.mktemp("postgres")
@@ -193,7 +197,7 @@ def test_shadow_decision_is_complete_and_logged(shadow: Server, bodies, trained:
     row = rows[d["request_id"]]  # committed before the answer came back
     raw_id = body["applicant"]["applicant_id"]
     assert raw_id not in json.dumps(row, default=str)  # no raw identifier anywhere in the record
-    assert row["applicant_hash"] == applicant_hash(raw_id, "govrisk-applicant-v1")
+    assert row["applicant_hash"] == applicant_hash(raw_id, APPLICANT_KEY)  # keyed: HMAC-SHA256
     assert row["champion_pd"] == d["pd"] and row["challenger_pd"] == d["challenger"]["pd"]
     assert row["decision"] == d["decision"] and json.loads(row["reason_codes"]) == d["reason_codes"]
     assert len(row["input_digest"]) == 64 and row["arm"] == "champion" and row["routing_mode"] == "shadow"

@@ -50,7 +50,7 @@ class DecisionRecord:
     applicant_id: str  # response only (see RESPONSE_ONLY)
     created_at: dt.datetime
     endpoint: str  # score | score_batch
-    applicant_hash: str  # sha256(salt:applicant id)
+    applicant_hash: str  # HMAC-SHA256(applicant key, id): govrisk.core.pseudonym
     input_digest: str  # sha256 of the request record in canonical JSON
     application_date: dt.date | None
     routing_mode: str  # shadow | split | champion_only

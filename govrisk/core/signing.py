@@ -63,41 +63,55 @@ def _read_key_file(path: Path, *, source: str) -> bytes:
     return key
 
 
-def _create_default_key(path: Path) -> None:
+def create_key_file(path: Path) -> Path:
+    """A new secret file of 32 random bytes (hex) with mode 0600, unless it exists; returns the path."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process created it first: use theirs
-        return
+        return path
     try:
         os.write(fd, secrets.token_hex(32).encode() + b"\n")
         os.fsync(fd)
     finally:
         os.close(fd)
+    return path
 
 
-def load_key(*, old: bool = False) -> bytes:
-    """The current key (or, with `old`, the previous one, for rotation), as bytes."""
-    env, file_env = (OLD_KEY_ENV, OLD_KEY_FILE_ENV) if old else (KEY_ENV, KEY_FILE_ENV)
+def read_secret(env: str, file_env: str, *, default_file: Path | None, missing: str) -> bytes:
+    """A secret key: `$env` itself, else the file named by `$file_env`, else `default_file` (created
+    on first use, 0600, refused if group or others can read it); with no default, SigningKeyError
+    with `missing` as its message. The one key loader of govrisk: the integrity key here, the
+    applicant pseudonym key (`govrisk.core.pseudonym`)."""
     if value := os.environ.get(env):
         if len(value.encode()) < MIN_KEY_BYTES:
             raise SigningKeyError(f"${env} is shorter than {MIN_KEY_BYTES} bytes")
         return value.encode()
     if value := os.environ.get(file_env):
         return _read_key_file(Path(value), source=f"${file_env}")
-    if old:
-        raise SigningKeyError(
-            f"set ${OLD_KEY_ENV} or ${OLD_KEY_FILE_ENV} to the key the store was signed with"
-        )
-    path = default_key_file()
+    if default_file is None:
+        raise SigningKeyError(missing)
+    path = default_file
     if not path.exists():
-        _create_default_key(path)
+        create_key_file(path)
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SigningKeyError(
             f"the key file {path} is accessible to group or others (mode {oct(mode & 0o777)}); chmod 600 it"
         )
     return _read_key_file(path, source="default key file")
+
+
+def load_key(*, old: bool = False) -> bytes:
+    """The current key (or, with `old`, the previous one, for rotation), as bytes."""
+    if old:
+        return read_secret(
+            OLD_KEY_ENV,
+            OLD_KEY_FILE_ENV,
+            default_file=None,
+            missing=f"set ${OLD_KEY_ENV} or ${OLD_KEY_FILE_ENV} to the key the store was signed with",
+        )
+    return read_secret(KEY_ENV, KEY_FILE_ENV, default_file=default_key_file(), missing="")
 
 
 def _derived(key: bytes, purpose: str) -> bytes:
