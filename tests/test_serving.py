@@ -519,7 +519,8 @@ def test_scoring_routes_carry_spans_only_when_configured(
     config = tmp_path / "serving.yaml"
     config.write_text(yaml.safe_dump({"observability": {"trace_scoring": trace}}))
     code = "import serving.service as s; print(s.Scoring.config['tracing']['excluded_urls'])"
-    env = os.environ | {"GOVRISK_SERVING_CONFIG": str(config)}
+    # an API key: the service module refuses to load without one (serving.config.startup_problem)
+    env = os.environ | {"GOVRISK_SERVING_CONFIG": str(config), "GOVRISK_API_KEYS": "span-test-key-0123"}
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True
     )
