@@ -59,6 +59,17 @@ class DecisionLogConfig(StrictModel):
     # not a power cut or kernel crash; it spares one fsync (~1-10 ms) per commit. "full"
     # fsyncs the WAL on every commit and also survives power loss.
     sqlite_synchronous: Literal["full", "normal"] = "normal"
+    # Bounds on a database that refuses, stalls or is gone (serving/decision_log.py): a request gets
+    # its 503 within write_timeout_ms (+ connect_timeout_s when a worker must open a new connection),
+    # and a write answered 503 is never committed later.
+    connect_timeout_s: int = Field(default=3, ge=2, le=60)  # PostgreSQL (libpq's minimum is 2 s)
+    # SQLite's busy timeout; PostgreSQL's statement_timeout and lock_timeout, and a client-side
+    # watchdog for a server that does not answer at all
+    write_timeout_ms: int = Field(default=2000, ge=100, le=60_000)
+    # /readyz: the write probe's bound, and how long its answer is reused (so /readyz stays cheap);
+    # /readyz turns false within ready_cache_s + ready_timeout_ms of the log refusing writes
+    ready_timeout_ms: int = Field(default=500, ge=50, le=10_000)
+    ready_cache_s: float = Field(default=1.0, ge=0, le=60)
     # applicant_hash is HMAC-SHA256 under a secret key from the environment, not configuration:
     # govrisk.core.pseudonym (GOVRISK_APPLICANT_KEY / GOVRISK_APPLICANT_KEY_FILE)
 

@@ -77,6 +77,18 @@ def _error(description: str, **headers: Any) -> dict[str, Any]:
     return out
 
 
+IDEMPOTENCY_KEY = {  # serving/service.py reads it; docs/guides/integrator.md, "Idempotent retries"
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "The client's request id (a UUID fits). A retry with the same key and body answers the "
+    "decision on record (header Idempotent-Replayed: true) and logs nothing; the same key with another "
+    "body is a 409. It becomes the request id; decision ids are the key (/score) or key-<position> "
+    "(/score_batch; a single applicant: the key).",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,40}$"},
+}
+
+
 def responses(ok: dict[str, Any]) -> dict[str, Any]:
     retry = {"Retry-After": {"description": "seconds to wait (overload)", "schema": {"type": "integer"}}}
     return {
@@ -85,6 +97,7 @@ def responses(ok: dict[str, Any]) -> dict[str, Any]:
         "401": _error("No valid API key (X-API-Key or Authorization: Bearer)"),
         "413": _error("The body exceeds the payload limit"),
         "415": _error("The body is not application/json"),
+        "409": _error("The Idempotency-Key is on record for another body (nothing decided or logged)"),
         "422": _error("A field breaks the contract or the scoring window; `field` names it"),
         "503": _error("Overloaded (with Retry-After), or the decision log cannot record", **retry),
     }
@@ -202,6 +215,7 @@ def patch_spec(spec: dict[str, Any], contract: Contract, lookback: int, max_batc
         media = {"schema": {"$ref": f"#/components/schemas/{body}"}, "example": examples[body]}
         op["requestBody"] = {"required": True, "content": {"application/json": media}}
         op["security"] = [{"ApiKey": []}, {"Bearer": []}]
+        op["parameters"] = [IDEMPOTENCY_KEY]
         op["responses"] = responses(ok[path])
     return spec
 

@@ -13,6 +13,7 @@ import asyncio
 import gc
 import json
 import logging
+import re
 import sys
 import uuid
 from collections import Counter
@@ -22,13 +23,14 @@ from typing import Any, ClassVar
 
 import bentoml
 import orjson
+import sqlalchemy as sa
 from _bentoml_sdk.io_models import IORootModel
 from starlette.responses import JSONResponse, Response
 
 from govrisk.core.records import DecisionRecord
 from govrisk.serving.admission import AdmissionMiddleware, Malformed, TooMany, count_applicants, parse_json
 from govrisk.serving.config import ServingConfig, key_accepted, load_serving_config, startup_problem
-from govrisk.serving.decision_log import DecisionLog
+from govrisk.serving.decision_log import DecisionLog, describe_error
 from govrisk.serving.engine import Scorer
 from govrisk.serving.openapi import OpenApiMiddleware, champion_source
 from govrisk.serving.request import BadInput, FieldError, json_safe
@@ -167,17 +169,67 @@ def _malformed(endpoint: str, body: Malformed) -> JSONResponse:
 
 
 class LogUnavailable(Exception):
-    """The decision log did not commit a request's record: it is answered 503, not acknowledged."""
+    """The decision log did not commit a request's record: it is answered 503, not acknowledged.
 
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
+    The body carries a fixed message and `error_id` only; the database's error (one line, without SQL
+    or parameters) goes to the server log under the same id. The database's message can hold the
+    INSERT's parameters (the decision that was not recorded) and the database host."""
+
+    def __init__(self, error_id: str) -> None:
+        super().__init__(f"decision log unavailable (error id {error_id})")
+        self.error_id = error_id
 
 
-def _log_unavailable(e: Exception) -> JSONResponse:
+def _log_unavailable(e: LogUnavailable) -> JSONResponse:
     return JSONResponse(
-        {"error": "decision_log_unavailable", "message": f"{type(e).__name__}: {e}"}, status_code=503
+        {
+            "error": "decision_log_unavailable",
+            "message": "the decision could not be recorded, so it is not given; retry later with the "
+            "same Idempotency-Key",
+            "error_id": e.error_id,
+        },
+        status_code=503,
+        headers={"Retry-After": "1"},
     )
+
+
+# --- idempotency: a client-chosen request id (docs/guides/integrator.md, "Idempotent retries") ----
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,40}$")  # /score_batch appends "-<position>": <= 64
+
+
+class Conflict:
+    """An Idempotency-Key already on record for another request: answered 409, nothing logged."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key, self.message = key, message
+
+    def response(self) -> JSONResponse:
+        return _error(409, IDEMPOTENCY_HEADER, self.key, self.message, "idempotency_conflict")
+
+
+class Replay:
+    """The decision on record for a retried request (same key, same body): answered again, not logged."""
+
+    def __init__(self, record: DecisionRecord) -> None:
+        self.record = record
+
+
+def _idempotency_key() -> str | JSONResponse | None:
+    """The request's Idempotency-Key header: None if absent, a 422 if malformed."""
+    value = Scoring.context.request.headers.get(IDEMPOTENCY_HEADER)
+    if value is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(value):
+        message = f"{IDEMPOTENCY_HEADER}: must be 1..40 characters of A-Z a-z 0-9 . _ : - (a UUID fits)"
+        return _error(422, IDEMPOTENCY_HEADER, value[:100], message, "bad_input")
+    return value
+
+
+def _replayed(payload: dict[str, Any]) -> Response:
+    response = _answer(payload)
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 def _applicant_id(body: Any) -> Any:
@@ -277,7 +329,14 @@ class Scoring:
         self.scorer = Scorer(config=CONFIG)
         dl = CONFIG.decision_log
         self.log = DecisionLog(
-            url=dl.resolved_url(), table=dl.table, schema=dl.schema_, sqlite_synchronous=dl.sqlite_synchronous
+            url=dl.resolved_url(),
+            table=dl.table,
+            schema=dl.schema_,
+            sqlite_synchronous=dl.sqlite_synchronous,
+            connect_timeout_s=dl.connect_timeout_s,
+            write_timeout_ms=dl.write_timeout_ms,
+            ready_timeout_ms=dl.ready_timeout_ms,
+            ready_cache_s=dl.ready_cache_s,
         )
         log.info(
             "serving champion %s, challenger %s (%s), routing %s; decision log %s",
@@ -288,7 +347,7 @@ class Scoring:
             self.log.where,
         )
         # /score micro-batching (see `_score_one`): requests waiting for the scoring thread.
-        self._waiting: list[tuple[Any, asyncio.Future]] = []
+        self._waiting: list[tuple[Any, asyncio.Future, str | None]] = []  # body, answer, Idempotency-Key
         self._drainer: asyncio.Task | None = None  # the one drain task, while it runs
         self._scoring_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
         # Everything loaded so far (BentoML, onnxruntime, pandas, the models) lives as long as the
@@ -298,34 +357,119 @@ class Scoring:
         gc.freeze()
 
     def __is_ready__(self) -> bool:
-        return self.scorer.champion is not None and self.log.reachable()
+        # the log's cached write probe: bounded by decision_log.ready_timeout_ms, never hangs
+        return self.scorer.champion is not None and self.log.ready()
 
     async def _decide(
-        self, bodies: list[Any], *, endpoint: str, prefix: str
-    ) -> list[DecisionRecord] | JSONResponse:
-        """/score_batch: one request, many applicants, decided in a worker thread."""
+        self, bodies: list[Any], *, endpoint: str, prefix: str, key: str | None = None
+    ) -> list[DecisionRecord] | JSONResponse | Replay:
+        """/score_batch: one request, many applicants, decided in a worker thread. With an
+        Idempotency-Key: its decisions, or those on record for the same key and body (a `Replay` of
+        each), or a 409."""
         try:
             batch = self.scorer.parser.parse(bodies, prefix=prefix)
         except BadInput as e:
             BAD_REQUESTS.labels(endpoint=f"/{endpoint}", status="422").inc()
             return JSONResponse(e.body(), status_code=422)
         try:
-            records = await asyncio.to_thread(self._decide_and_record, batch, endpoint=endpoint)
+            results = await asyncio.to_thread(
+                self._decide_and_record, batch, endpoint=endpoint, request_id=key, keyed=key is not None
+            )
         except LogUnavailable as e:
-            return _log_unavailable(e.error)
-        self._observe(records, endpoint)
-        return records
+            return _log_unavailable(e)
+        if isinstance(results, Conflict):
+            return results.response()
+        if isinstance(results, list) and results and isinstance(results[0], Replay):
+            return results  # type: ignore[return-value]
+        self._observe(results, endpoint)  # type: ignore[arg-type]
+        return results  # type: ignore[return-value]
 
-    def _decide_and_record(self, batch: Any, **score: Any) -> list[DecisionRecord]:
+    def _decide_and_record(
+        self, batch: Any, *, keyed: bool | list[bool] = False, **score: Any
+    ) -> list[DecisionRecord | Replay | Conflict] | Conflict:
         """Decide a checked batch and commit its records in one transaction, in the calling thread;
-        LogUnavailable if the commit fails (a decision that is not on record is never acknowledged)."""
+        LogUnavailable if the commit fails (a decision that is not on record is never acknowledged).
+
+        `keyed`: which records carry a client's Idempotency-Key as their request id. /score (a list,
+        one flag per request): a keyed record whose decision id is already on record is not logged;
+        it becomes a `Replay` of the logged decision when that came from the same body, else a
+        `Conflict`. /score_batch (True: the whole request is keyed): all rows or none; a key already
+        on record replays the whole logged request or is one `Conflict`."""
         records = self.scorer.score(batch, **score)
+        flags = keyed if isinstance(keyed, list) else [keyed] * len(records)
+        whole = keyed is True
         try:
-            self.log.write([r.log_row() for r in records])
+            try:
+                if whole:
+                    self.log.write([r.log_row() for r in records])
+                    return list(records)
+                skipped = self.log.write(
+                    [r.log_row() for r, k in zip(records, flags, strict=True) if not k],
+                    keyed=[r.log_row() for r, k in zip(records, flags, strict=True) if k],
+                )
+            except sa.exc.IntegrityError:
+                if not whole:
+                    raise
+                return self._replay_request(records)
+            if not skipped:
+                return list(records)
+            on_record = {row["decision_id"]: row for row in self.log.find("decision_id", sorted(skipped))}
+        except (LogUnavailable, sa.exc.IntegrityError):
+            raise
         except Exception as e:
-            log.exception("decision log write failed")
-            raise LogUnavailable(e) from e
-        return records
+            raise self._unavailable(e) from None
+        return [
+            self._replay_one(r, on_record.get(r.decision_id)) if r.decision_id in skipped else r
+            for r in records
+        ]
+
+    def _unavailable(self, e: Exception) -> LogUnavailable:
+        error_id = uuid.uuid4().hex
+        log.error("decision log unavailable (error id %s): %s", error_id, describe_error(e))
+        return LogUnavailable(error_id)
+
+    def _from_row(self, record: DecisionRecord, row: dict[str, Any]) -> DecisionRecord:
+        """The logged decision `row` as a record, with the response-only fields of `record` (a retry
+        of the same body: the same applicant)."""
+        reasons = {rule.name: rule.reason for rule in self.scorer.policy.config.hard_rules}
+        values = {**row, "reason_codes": json.loads(row["reason_codes"])}
+        return DecisionRecord(
+            **values,
+            applicant_id=record.applicant_id,
+            hard_rule_reason=reasons.get(row["hard_rule"]) if row["hard_rule"] else None,
+            batch_size=record.batch_size,
+        )
+
+    def _replay_one(self, record: DecisionRecord, row: dict[str, Any] | None) -> Replay | Conflict:
+        key = record.request_id
+        if row is None:  # refused as a duplicate, gone when looked up: not a decision on record
+            return Conflict(key, f"{IDEMPOTENCY_HEADER} {key!r} collides with a decision id on record")
+        if row["request_id"] != key or row["endpoint"] != record.endpoint:
+            return Conflict(
+                key, f"{IDEMPOTENCY_HEADER} {key!r} is already used by another request (another endpoint)"
+            )
+        if row["input_digest"] != record.input_digest:
+            return Conflict(
+                key, f"{IDEMPOTENCY_HEADER} {key!r} was already used with a different body; use a new key"
+            )
+        return Replay(self._from_row(record, row))
+
+    def _replay_request(self, records: list[DecisionRecord]) -> list[Replay] | Conflict:
+        """/score_batch with a key whose decision ids are on record: the logged request, if the same."""
+        key = records[0].request_id
+        try:
+            rows = {row["decision_id"]: row for row in self.log.find("request_id", [key])}
+        except Exception as e:
+            raise self._unavailable(e) from None
+        if len(rows) != len(records):
+            return Conflict(
+                key,
+                f"{IDEMPOTENCY_HEADER} {key!r} was already used with a different body "
+                f"({len(rows)} applicants on record, {len(records)} sent); use a new key",
+            )
+        replays = [self._replay_one(r, rows.get(r.decision_id)) for r in records]
+        conflict = next((c for c in replays if isinstance(c, Conflict)), None)
+        return conflict or replays  # type: ignore[return-value]
 
     # --- /score: concurrent requests decided together ----------------------------------------------
     # Every /score request joins `_waiting`; one drain task at a time hands everything waiting (up to
@@ -335,10 +479,12 @@ class Scoring:
     # for a batch to fill: an idle server decides a lone request at once, a busy one decides together
     # whatever arrived while it was busy (adaptive batching), and commits each batch's records in one
     # transaction.
-    async def _score_one(self, body: Any) -> DecisionRecord | BadInput | LogUnavailable:
+    async def _score_one(
+        self, body: Any, key: str | None = None
+    ) -> DecisionRecord | BadInput | LogUnavailable | Replay | Conflict:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
-        self._waiting.append((body, fut))
+        self._waiting.append((body, fut, key))
         if self._drainer is None or self._drainer.done():
             # the drain loop ends, with no await after its last look at `_waiting`, in the step that
             # sees it empty: a request appended afterwards always finds it done and starts another
@@ -348,28 +494,33 @@ class Scoring:
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._waiting:
-            take, rest, ids = [], [], set()
+            take, rest, ids, keys = [], [], set(), set()
             for item in self._waiting:
-                applicant_id = _applicant_id(item[0])
-                if len(take) < self.config.max_batch and applicant_id not in ids:
+                applicant_id, key = _applicant_id(item[0]), item[2]
+                if len(take) < self.config.max_batch and applicant_id not in ids and key not in keys:
                     take.append(item)
                     if applicant_id is not None:
                         ids.add(applicant_id)
-                else:  # a second request for the same applicant goes in the next batch
+                    if key is not None:
+                        keys.add(key)
+                else:  # a second request for the same applicant (or key) goes in the next batch
                     rest.append(item)
             self._waiting = rest
             try:
                 results = await loop.run_in_executor(
-                    self._scoring_thread, self._decide_requests, [body for body, _ in take]
+                    self._scoring_thread,
+                    self._decide_requests,
+                    [body for body, _, _ in take],
+                    [key for _, _, key in take],
                 )
             except Exception as e:  # a bug, not bad input: each request of the batch gets it (500)
                 log.exception("scoring a batch of %d requests failed", len(take))
                 results = [e] * len(take)
-            for (_, fut), result in zip(take, results, strict=True):
+            for (_, fut, _), result in zip(take, results, strict=True):
                 if not fut.done():  # a client that left has its future cancelled
                     fut.set_result(result)
 
-    def _decide_requests(self, bodies: list[Any]) -> list[Any]:
+    def _decide_requests(self, bodies: list[Any], keys: list[str | None]) -> list[Any]:
         """In the scoring thread: a record, a BadInput, a LogUnavailable or an exception per request.
 
         One request never changes another's answer: if deciding the batch together raises anything
@@ -377,20 +528,20 @@ class Scoring:
         and each request is decided again alone, so only the one that raises answers 500.
         """
         try:
-            return self._decide_together(bodies)
+            return self._decide_together(bodies, keys)
         except Exception:
             if len(bodies) == 1:
                 raise
             log.exception("deciding %d requests together failed; deciding each alone", len(bodies))
         results: list[Any] = []
-        for body in bodies:
+        for body, key in zip(bodies, keys, strict=True):
             try:
-                results.extend(self._decide_together([body]))
+                results.extend(self._decide_together([body], [key]))
             except Exception as e:
                 results.append(e)
         return results
 
-    def _decide_together(self, bodies: list[Any]) -> list[Any]:
+    def _decide_together(self, bodies: list[Any], keys: list[str | None]) -> list[Any]:
         """`_decide_requests` for requests decided as one batch (it raises what a bug raises)."""
         parser = self.scorer.parser
         results: list[Any] = [None] * len(bodies)
@@ -410,14 +561,19 @@ class Scoring:
             batch = parser.parse([bodies[i] for i in good])
         try:
             records = self._decide_and_record(
-                batch, endpoint="score", request_ids=[uuid.uuid4().hex for _ in good]
+                batch,
+                endpoint="score",
+                request_ids=[keys[i] or uuid.uuid4().hex for i in good],  # a key is the request id
+                keyed=[keys[i] is not None for i in good],
             )
         except LogUnavailable as e:
             for i in good:
                 results[i] = e
             return results
         try:  # committed: a failing metric must not send the batch round again (a second record)
-            self._observe(records, "score")
+            new = [r for r in records if isinstance(r, DecisionRecord)]  # not replays or conflicts
+            if new:
+                self._observe(new, "score")
         except Exception:
             log.exception("recording metrics failed")
         for i, record in zip(good, records, strict=True):
@@ -461,12 +617,21 @@ class Scoring:
         if isinstance(body, dict) and any(body.get(t, ()) is None for t in tables):
             # a null table means no records, as /score has always read it (and digests it)
             body = {k: v for k, v in body.items() if not (k in tables and v is None)}
-        result = await self._score_one(body)
+        key = _idempotency_key()
+        if isinstance(key, JSONResponse):
+            BAD_REQUESTS.labels(endpoint="/score", status="422").inc()
+            return key  # type: ignore[return-value]
+        result = await self._score_one(body, key)
         if isinstance(result, BadInput):
             BAD_REQUESTS.labels(endpoint="/score", status="422").inc()
             return JSONResponse(result.body(), status_code=422)  # type: ignore[return-value]
         if isinstance(result, LogUnavailable):
-            return _log_unavailable(result.error)  # type: ignore[return-value]
+            return _log_unavailable(result)  # type: ignore[return-value]
+        if isinstance(result, Conflict):
+            BAD_REQUESTS.labels(endpoint="/score", status="409").inc()
+            return result.response()  # type: ignore[return-value]
+        if isinstance(result, Replay):
+            return _replayed(result.record.response())  # type: ignore[return-value]
         if isinstance(result, Exception):
             raise result
         return _answer(result.response())  # type: ignore[return-value]
@@ -496,10 +661,19 @@ class Scoring:
             return self._refuse(  # type: ignore[return-value]
                 "applicants", len(applicants), f"must hold 1..{self.config.max_batch} applicants"
             )
-        result = await self._decide(applicants, endpoint="score_batch", prefix="applicants[{i}].")
+        key = _idempotency_key()
+        if isinstance(key, JSONResponse):
+            BAD_REQUESTS.labels(endpoint="/score_batch", status="422").inc()
+            return key  # type: ignore[return-value]
+        result = await self._decide(applicants, endpoint="score_batch", prefix="applicants[{i}].", key=key)
         if isinstance(result, JSONResponse):
+            if result.status_code == 409:
+                BAD_REQUESTS.labels(endpoint="/score_batch", status="409").inc()
             return result  # type: ignore[return-value]
-        decisions = [r.response() for r in result]
+        if result and isinstance(result[0], Replay):
+            replayed = [r.record.response() for r in result]  # type: ignore[union-attr]
+            return _replayed({"request_id": key, "decisions": replayed})  # type: ignore[return-value]
+        decisions = [r.response() for r in result]  # type: ignore[union-attr]
         return _answer({"request_id": result[0].request_id, "decisions": decisions})  # type: ignore[return-value]
 
     @staticmethod
