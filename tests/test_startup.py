@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -108,11 +110,10 @@ def test_open_mode_serves_without_a_key_and_says_so_at_start_up(
     from devtools.client import request_bodies
 
     server = Server(tmp_path, serving_config(champion, tmp_path, auth={"open": True}, workers=1), api_keys="")
-    server.start(timeout=90)
-    try:
+    with _reaped(server):
+        server.start(timeout=90)
         r = server.post("/score", request_bodies(tiny_county)[0], key=None)
         assert r.status_code == 200, r.text
-    finally:
         server.stop()
     assert "WARNING: auth.open is true" in server.log_path.read_text()
 
@@ -144,6 +145,8 @@ def _tree(server: Server) -> list[psutil.Process]:
         time.sleep(0.2)
     assert len(workers) == 2 and any("bentoml serve" in _cmdline(p) for p in procs), procs
     assert all(os.getsid(w.pid) != os.getsid(top.pid) for w in workers)  # out of reach of the group
+    if hasattr(server, "collect"):
+        server.collect()
     return procs
 
 
@@ -181,9 +184,32 @@ def _all_gone(procs: list[psutil.Process], port: int) -> float:
 
 def _restart_binds(champion: str, folder: Path, port: int) -> None:
     again = Server(folder / "again", serving_config(champion, folder), port=port, cli=True)
-    again.start(timeout=90)
-    again.stop()
+    with _reaped(again):
+        again.start(timeout=90)
+        again.stop()
     assert again.proc.returncode == 0, again.log_tail()
+
+
+@contextlib.contextmanager
+def _reaped(server: Server) -> Iterator[None]:
+    """Whatever happens in the block, no process of the server's tree outlives it (a failed test must
+    not leave a server behind: its workers would hold the port and write the log)."""
+    seen: dict[int, psutil.Process] = {}
+
+    def collect() -> None:
+        with contextlib.suppress(psutil.Error, AttributeError):
+            top = psutil.Process(server.proc.pid)
+            seen.update({p.pid: p for p in [top, *top.children(recursive=True)]})
+
+    server.collect = collect  # type: ignore[attr-defined]  # _tree calls it once the workers are up
+    try:
+        yield
+    finally:
+        collect()
+        for p in seen.values():
+            with contextlib.suppress(psutil.Error):
+                p.kill()  # is_running-checked by psutil: never a reused pid
+        psutil.wait_procs(list(seen.values()), timeout=10)
 
 
 @pytest.mark.slow
@@ -191,11 +217,13 @@ def _restart_binds(champion: str, folder: Path, port: int) -> None:
 def test_a_signal_to_govrisk_serve_stops_the_server_and_its_workers(
     champion: str, tmp_path: Path, sig: str
 ) -> None:
-    server = Server(tmp_path, serving_config(champion, tmp_path), cli=True).start(timeout=90)
-    procs = _tree(server)
-    os.kill(server.proc.pid, getattr(signal, sig))  # the top process only, as a process manager does
-    took = _all_gone(procs, server.port)
-    assert server.proc.wait(timeout=5) in (0, 128 + getattr(signal, sig)), server.log_tail()
+    server = Server(tmp_path, serving_config(champion, tmp_path), cli=True)
+    with _reaped(server):
+        server.start(timeout=90)
+        procs = _tree(server)
+        os.kill(server.proc.pid, getattr(signal, sig))  # the top process only, as a process manager does
+        took = _all_gone(procs, server.port)
+        assert server.proc.wait(timeout=5) in (0, 128 + getattr(signal, sig)), server.log_tail()
     print(f"{sig}: every process gone and the port free after {took:.2f} s")
     _restart_binds(champion, tmp_path, server.port)
 
@@ -207,14 +235,16 @@ def test_kill_9_leaves_no_worker_serving_and_a_restart_binds_the_port(
 ) -> None:
     from devtools.client import request_bodies
 
-    server = Server(tmp_path, serving_config(champion, tmp_path), cli=True).start(timeout=90)
-    assert server.post("/score", request_bodies(tiny_county)[0]).status_code == 200
-    procs = _tree(server)
-    if target == "govrisk-serve":
-        os.kill(server.proc.pid, signal.SIGKILL)
-    else:
-        os.killpg(server.proc.pid, signal.SIGKILL)
-    took = _all_gone(procs, server.port)
+    server = Server(tmp_path, serving_config(champion, tmp_path), cli=True)
+    with _reaped(server):
+        server.start(timeout=90)
+        assert server.post("/score", request_bodies(tiny_county)[0]).status_code == 200
+        procs = _tree(server)
+        if target == "govrisk-serve":
+            os.kill(server.proc.pid, signal.SIGKILL)
+        else:
+            os.killpg(server.proc.pid, signal.SIGKILL)
+        took = _all_gone(procs, server.port)
     print(f"kill -9 of {target}: every process gone and the port free after {took:.2f} s")
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/readyz", timeout=2)
