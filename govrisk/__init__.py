@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 # every layer (training, research, serving): importing it here would add seconds to every start-up
 # and could drag torch and Lightning into the server, which must never load them. So the API's names
 # are resolved lazily (PEP 562): `govrisk.api` is imported on the first access to one of them.
-_API = (
+API = (  # the names govrisk.api exports (its __all__ is this tuple)
     "GovernanceReport",
     "describe",
     "generate",
@@ -28,11 +28,11 @@ _API = (
     "validate",
 )
 
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", *API]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _API:
+    if name in API:
         value = getattr(importlib.import_module("govrisk.api"), name)
         globals()[name] = value  # later accesses skip this hook
         return value
@@ -42,4 +42,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+    return sorted(set(globals()) | set(API))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from govrisk import API
 from govrisk.core.config import apply_overrides, config_path, read_yaml, work_dir
 from govrisk.core.config import validate as validate_config
 from govrisk.core.rating import load_master_scale
@@ -44,18 +45,7 @@ if TYPE_CHECKING:
     from govrisk.serving.models import LoadedModel
     from govrisk.training.train import RunResult
 
-__all__ = [
-    "GovernanceReport",
-    "describe",
-    "generate",
-    "list_models",
-    "load_dataset",
-    "load_model",
-    "report",
-    "score",
-    "train",
-    "validate",
-]
+__all__ = list(API)  # govrisk/__init__.py resolves these names lazily
 
 DatasetLike = str | Path | Dataset
 

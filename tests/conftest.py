@@ -6,10 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from govrisk.data.features import FeatureBuilder, FeatureSet
 from govrisk.data.store import Dataset, read_dataset
 from govrisk.data.synthetic import generate, load_generator_config
+
+# The PostgreSQL every machine runs (trust auth, database `test`); tests of PostgreSQL paths use it.
+PG_URL = os.environ.get("GOVRISK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 TINY_APPLICANTS = 3000
 TINY_SEED = 1
@@ -56,3 +60,24 @@ def tiny_county(tiny_county_path: Path) -> Dataset:
 def tiny_features(tiny_county: Dataset) -> tuple[FeatureBuilder, FeatureSet]:
     builder = FeatureBuilder.from_config("county").fit(tiny_county.applicants, tiny_county.monthly)
     return builder, builder.transform(tiny_county.applicants, tiny_county.monthly)
+
+
+def postgres_problem() -> str | None:
+    """None when the PostgreSQL of PG_URL answers, else one line saying why not."""
+    try:
+        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as e:
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def need_postgres() -> None:
+    """Skip with the reason where no PostgreSQL answers; under CI=true, fail instead."""
+    problem = postgres_problem()
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {PG_URL} is required in CI: {problem}")
+        pytest.skip(f"no PostgreSQL at {PG_URL}: {problem}")

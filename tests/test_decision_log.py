@@ -9,10 +9,7 @@ COMMIT on, and delivers them later (what the kernel does for a SIGSTOPped server
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
-import socket
 import sqlite3
 import threading
 import time
@@ -23,10 +20,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from conftest import PG_URL, need_postgres
 
+from devtools.relay import StallingRelay
 from govrisk.serving.decision_log import WATCHDOG_GRACE_S, DecisionLog
 
-PG_URL = os.environ.get("GOVRISK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 WRITE_MS, READY_MS, CACHE_S = 800, 300, 0.2
 # a write answers within its timeout plus the watchdog's grace and tick; scheduling slack on top
 WRITE_BOUND_S = WRITE_MS / 1000 + WATCHDOG_GRACE_S + 0.5
@@ -68,25 +66,6 @@ def row(decision_id: str, request_id: str | None = None, digest: str = "b" * 64)
     }
 
 
-def pg_problem() -> str | None:
-    try:
-        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        engine.dispose()
-        return None
-    except Exception as e:
-        return f"{type(e).__name__}: {e}".splitlines()[0]
-
-
-def need_pg() -> None:
-    problem = pg_problem()
-    if problem is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL at {PG_URL} is required in CI: {problem}")
-        pytest.skip(f"no PostgreSQL at {PG_URL}: {problem}")
-
-
 def open_log(url: str, table: str = "decisions") -> DecisionLog:
     return DecisionLog(
         url=url, table=table, write_timeout_ms=WRITE_MS, ready_timeout_ms=READY_MS, ready_cache_s=CACHE_S
@@ -116,74 +95,9 @@ def ready_within(log: DecisionLog, expected: bool, seconds: float) -> float:
         time.sleep(0.05)
 
 
-# --- a TCP relay that can stall -------------------------------------------------------------------
-class StallingRelay:
-    """Relays TCP connections to `target`. `stall_all()`: every byte in either direction is held until
-    `release()`; `stall_from(marker)`: a connection's client bytes are held from the first chunk that
-    holds `marker` on. Held bytes are delivered, in order, at `release()`, even from a client that has
-    closed its end meanwhile (as a stopped server's kernel would have queued them)."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self._released = threading.Event()
-        self._released.set()
-        self._marker: bytes | None = None
-        self._all = False
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def stall_all(self) -> None:
-        self._all, self._marker = True, None
-        self._released.clear()
-
-    def stall_from(self, marker: bytes) -> None:
-        self._all, self._marker = False, marker
-        self._released.clear()
-
-    def release(self) -> None:
-        self._all, self._marker = False, None
-        self._released.set()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.target)
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
-        held = False
-        try:
-            while True:
-                data = src.recv(65536)
-                if from_client and self._marker is not None and self._marker in data:
-                    held = True
-                if self._all or held:
-                    self._released.wait()
-                    held = False
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self._closed = True
-        self.release()
-        self.listener.close()
-
-
 @pytest.fixture
 def relay() -> Iterator[StallingRelay]:
-    need_pg()
+    need_postgres()
     url = sa.engine.make_url(PG_URL)
     r = StallingRelay((url.host or "127.0.0.1", url.port or 5432))
     yield r
@@ -192,7 +106,7 @@ def relay() -> Iterator[StallingRelay]:
 
 @pytest.fixture
 def pg_table() -> Iterator[str]:
-    need_pg()
+    need_postgres()
     table = f"decisions_dl_{uuid.uuid4().hex[:10]}"
     yield table
     engine = sa.create_engine(PG_URL)

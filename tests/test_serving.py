@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 import yaml
-from conftest import APPLICANT_KEY
+from conftest import APPLICANT_KEY, PG_URL, postgres_problem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -39,7 +39,6 @@ from govrisk.serving.engine import applicant_hash, arm_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-PG_URL = os.environ.get("GOVRISK_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 GRADES = set(load_master_scale().names)
 
 
@@ -111,17 +110,6 @@ def log_count(url: str, table: str = "decisions") -> int:
         return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
 
 
-def _pg_available() -> str | None:
-    try:
-        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        engine.dispose()
-        return None
-    except Exception as e:
-        return f"{type(e).__name__}: {e}".splitlines()[0]
-
-
 PG_TABLE = f"decisions_test_{uuid.uuid4().hex[:10]}"
 
 
@@ -143,7 +131,7 @@ def servers(trained, tmp_path_factory) -> dict[str, Server | str]:
         folder = tmp_path_factory.mktemp(name)
         cfg = config(trained, sqlite_url(folder), **over)
         launched[name] = Server(folder, cfg, fault=faults.get(name)).launch()
-    pg_problem = _pg_available()
+    pg_problem = postgres_problem()
     if pg_problem is None:
         folder = tmp_path_factory.mktemp("postgres")
         cfg = config(trained, PG_URL, decision_log={"url": PG_URL, "table": PG_TABLE})

@@ -18,6 +18,7 @@ import optuna
 import pytest
 import sqlalchemy
 import yaml
+from conftest import need_postgres
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -31,7 +32,7 @@ from govrisk.research.tune import (
     storage_url,
 )
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"  # the storage URL form `govrisk tune --storage` takes
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 # A tiny, fast CNN: two float parameters, so no two trials can share a parameter set.
@@ -225,23 +226,12 @@ def test_killed_sqlite_study_resumes_to_its_budget(
     assert len(json.loads(body)["trials"]) == len(trials)
 
 
-def _postgres_or_skip() -> None:
-    import psycopg
-
-    try:
-        psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", connect_timeout=3).close()
-    except psycopg.OperationalError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but PostgreSQL on 127.0.0.1:5432 does not answer: {e}")
-        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 (database 'test'): {e}")
-
-
 @pytest.mark.postgres
 @pytest.mark.slow  # two worker processes: `make test-slow`
 def test_two_workers_share_one_postgres_study(
     tmp_path: Path, tiny_space: Path, tiny_county_path: Path
 ) -> None:
-    _postgres_or_skip()
+    need_postgres()
     study, n = f"test-two-workers-{uuid.uuid4().hex[:8]}", 5
     cmd = tune_command(
         tiny_space, tiny_county_path, "--trials", str(n), "--storage", PG_URL, "--study", study
