@@ -190,7 +190,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=40.0, help="requests per second")
     ap.add_argument("--seconds", type=float, default=8.0, help="load per scenario")
     ap.add_argument(
-        "--fault-seconds", type=float, default=4.0, help="how long a lock, stall or refusal lasts"
+        "--fault-seconds", type=float, default=5.0, help="how long a lock, stall or refusal lasts"
     )
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")

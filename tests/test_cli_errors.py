@@ -87,7 +87,7 @@ def scorecard_experiment(tmp_path_factory: pytest.TempPathFactory, changed_count
         yaml.safe_dump(
             {
                 "name": "changed-data",
-            "seed": 0,
+                "seed": 0,
                 "data": {"dataset": str(changed_county), "features": "county"},
                 "split": {"kind": "vintage", "val_start": "2023-01", "oot_start": "2023-07"},
                 "model": {"kind": "scorecard"},

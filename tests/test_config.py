@@ -31,9 +31,7 @@ def _scale(folder: Path, name: str, scale_name: str) -> Path:
     return path
 
 
-def test_lookup_order_cwd_then_env_then_packaged(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_lookup_order_cwd_then_env_then_packaged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cwd, env_a, env_b = tmp_path / "project", tmp_path / "a", tmp_path / "b"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -57,7 +55,9 @@ def test_lookup_order_cwd_then_env_then_packaged(
     ]
     shown = runner.invoke(app, ["config", "show", "rating", "master_scale"])
     assert shown.exit_code == 0
-    assert "from-cwd" in shown.output and str(cwd / "configs" / "rating" / "master_scale.yaml") in shown.output
+    assert (
+        "from-cwd" in shown.output and str(cwd / "configs" / "rating" / "master_scale.yaml") in shown.output
+    )
     listed = runner.invoke(app, ["config", "list", "rating"])
     assert listed.exit_code == 0 and "(shadowed)" in listed.output
 
