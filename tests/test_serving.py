@@ -736,7 +736,7 @@ def test_openapi_is_generated_from_the_contract_with_keys_and_every_answer(shado
     for path in ("/score", "/score_batch"):
         op = spec["paths"][path]["post"]
         assert op["security"] == [{"ApiKey": []}, {"Bearer": []}]
-        assert set(op["responses"]) == {"200", "400", "401", "413", "415", "422", "503"}
+        assert set(op["responses"]) == {"200", "400", "401", "409", "413", "415", "422", "503"}
     assert "application_date" in json.dumps(spec["paths"]["/score"]["post"]["requestBody"])  # the example
 
 
