@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devtools.client import request_bodies
 from devtools.launcher import API_KEY, Server
+from govrisk.core import pseudonym
 from govrisk.core.config import work_dir
 from govrisk.data.store import read_dataset
 
@@ -205,6 +206,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="BentoML worker processes (one per core)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if not (os.environ.get(pseudonym.KEY_ENV) or os.environ.get(pseudonym.KEY_FILE_ENV)):
+        # the in-process scorer below needs the applicant key the launched server uses (the demo's)
+        os.environ[pseudonym.KEY_FILE_ENV] = str(pseudonym.ensure_demo_key())
 
     champion, challenger, dataset = prepare(args)
     ds = read_dataset(dataset)
