@@ -1,4 +1,4 @@
-"""The BentoML scoring service: `bentoml serve serving.service:Scoring` (or `govrisk serve`).
+"""The BentoML scoring service: `bentoml serve govrisk.serving.service:Scoring` (or `govrisk serve`).
 
 Configuration comes from `$GOVRISK_SERVING_CONFIG` (a name in configs/serving/ or a YAML path;
 default `default`), read once at import so that a bad config stops the server before it listens.
