@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = yaml.safe_load(Path(args.config).read_text())
         folder = work_dir() / "serving" / "demo"
         server = Server(folder, cfg, api_keys=args.api_key, port=int(cfg.get("port", 3000)))
-        print(f"starting bentoml serve govrisk.serving.service:Scoring on {server.url} (log {server.log_path})")
+        print(
+            f"starting bentoml serve govrisk.serving.service:Scoring on {server.url} (log {server.log_path})"
+        )
         server.start()
         url = server.url
     try:
