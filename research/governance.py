@@ -224,14 +224,19 @@ def _audit_lines(path: Path) -> list[bytes]:
     return [ln for ln in path.read_bytes().splitlines() if ln.strip()] if path.exists() else []
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def _write_synced(path: Path, data: bytes, flags: int) -> None:
+    """Write `data` through a file opened with `flags` and fsync it before returning."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o644)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    _write_synced(tmp, data, os.O_TRUNC)
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -353,12 +358,7 @@ def append_audit(entry: dict[str, Any]) -> dict[str, Any]:
         body = {"seq": len(lines) + 1, **entry, "prev_sha256": sha256_bytes(lines[-1]) if lines else None}
         line = _signed_line(body, key)
         # O_APPEND: the line lands at the end even if the file is opened elsewhere; never rewritten.
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_synced(path, line, os.O_APPEND)
         _write_head([*lines, line.rstrip(b"\n")], key)
     return json.loads(line)
 
