@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from govrisk.cli import app
 from govrisk.core.config import work_dir
-from govrisk.core.registry import TamperedModelError, list_models, model_path, verify_file
+from govrisk.core.hashing import sha256_file
+from govrisk.core.registry import TamperedModelError, list_models, model_path
 from govrisk.training.config import experiment_from_dict, load_experiment
 from govrisk.training.lightning import flat_config
 from govrisk.training.train import predictions, train
@@ -65,7 +66,7 @@ def test_registered_and_listed_and_tamper_refused(scorecard_run) -> None:
     tags = [r["tag"] for r in list_models()]
     assert scorecard_run.tag in tags
     path, meta = model_path(scorecard_run.tag)
-    verify_file(path / "model.onnx", meta["onnx_sha256"])
+    assert sha256_file(path / "model.onnx") == meta["onnx_sha256"]
     listed = CliRunner().invoke(app, ["models", "list"])
     assert listed.exit_code == 0 and "county-scorecard" in listed.output
 

@@ -52,15 +52,6 @@ class TamperedModelError(RuntimeError):
     """A model's files or manifest differ from what was signed when it was registered."""
 
 
-def verify_file(path: str | Path, expected_sha256: str) -> None:
-    """Raise TamperedModelError unless the file's sha256 is the expected one."""
-    actual = sha256_file(path)
-    if actual != expected_sha256:
-        raise TamperedModelError(
-            f"{path}: sha256 {actual} != registered {expected_sha256}; refusing to load it"
-        )
-
-
 def _bentoml() -> Any:
     # The store lives in the work folder, never in the home directory or beside the code.
     os.environ.setdefault("BENTOML_HOME", str(work_dir() / "bentoml"))
